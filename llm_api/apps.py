@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class LlmApiConfig(AppConfig):
+    name = "llm_api"
+    verbose_name = "LLM API"
+
+    def ready(self) -> None:
+        from llm_api import (
+            checks,  # noqa: F401  (registers the system checks)
+            providers,  # noqa: F401  (connects the setting_changed receiver)
+        )

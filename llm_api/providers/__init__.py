@@ -1,0 +1,67 @@
+"""The provider registry, built lazily from `settings.LLM_PROVIDERS`.
+
+The idiom of Django's STORAGES and CACHES: each entry is `{"BACKEND": dotted path, "OPTIONS":
+{...}}`; a provider is imported and built on first use, kept for the life of the process (its
+SDK client and connection pool with it), and dropped when the setting changes in tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from llm_api.providers.base import Provider, ProviderError
+
+
+class ProviderHandler:
+    def __init__(self) -> None:
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(settings.LLM_PROVIDERS)
+
+    def __contains__(self, name: str) -> bool:
+        return name in settings.LLM_PROVIDERS
+
+    def __getitem__(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            with self._lock:
+                provider = self._providers.get(name) or self._create(name)
+                self._providers[name] = provider
+        return provider
+
+    def _create(self, name: str) -> Provider:
+        try:
+            config: dict[str, Any] = settings.LLM_PROVIDERS[name]
+        except KeyError:
+            raise ProviderError(
+                f"Unknown provider '{name}'. Valid providers: {', '.join(self.names)}.",
+                status_code=404,
+                code="model_not_found",
+            ) from None
+        backend = import_string(config["BACKEND"])
+        return backend(name, dict(config.get("OPTIONS", {})), settings.LLM_TIMEOUT)
+
+    def all(self) -> list[Provider]:
+        return [self[name] for name in self.names]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._providers.clear()
+
+
+providers = ProviderHandler()
+
+
+@receiver(setting_changed)
+def _reset_providers(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"LLM_PROVIDERS", "LLM_TIMEOUT"}:
+        providers.reset()

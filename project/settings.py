@@ -1,0 +1,306 @@
+"""Settings for the LLM gateway.
+
+Every value is read through python-decouple (environment first, then `.env`) with a typed cast
+and a default that runs on a fresh machine: SQLite in `data/`, the local-memory cache and the
+local llama.cpp model. `env-template` documents each variable.
+"""
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from decouple import Csv, config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(config("DATA_DIR", default=str(BASE_DIR / "data")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+VERSION = "0.1.0"
+
+
+def _secret_key() -> str:
+    """Return SECRET_KEY, or a random one kept in the git-ignored data folder.
+
+    There is no built-in fallback string, so no known (insecure) key can ever reach production.
+    """
+    configured = config("SECRET_KEY", default="")
+    if configured:
+        return configured
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = config("DEBUG", default=False, cast=bool)
+ALLOWED_HOSTS = config("ALLOWED_HOSTS", default="localhost,127.0.0.1,[::1]", cast=Csv())
+CSRF_TRUSTED_ORIGINS = config("CSRF_TRUSTED_ORIGINS", default="", cast=Csv())
+
+# HTTPS: switched by variables so a plain-HTTP local run and a TLS-terminating proxy both work.
+SECURE_SSL_REDIRECT = config("SECURE_SSL_REDIRECT", default=False, cast=bool)
+SECURE_HSTS_SECONDS = config("SECURE_HSTS_SECONDS", default=0, cast=int)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = config("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False, cast=bool)
+SECURE_HSTS_PRELOAD = config("SECURE_HSTS_PRELOAD", default=False, cast=bool)
+SESSION_COOKIE_SECURE = config("SESSION_COOKIE_SECURE", default=False, cast=bool)
+CSRF_COOKIE_SECURE = config("CSRF_COOKIE_SECURE", default=False, cast=bool)
+if config("SECURE_PROXY_SSL_HEADER", default=False, cast=bool):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "corsheaders",
+    "accounts",
+    "billing",
+    "llm_api",
+]
+
+MIDDLEWARE = [
+    "project.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict:
+    """Return Django's DATABASES entry for a `sqlite:///…` or `postgres://…` URL."""
+    db = dj_database_url.parse(url)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        # Tests get a file of their own (per process, so parallel runs never share one):
+        # the in-memory default turns concurrent writers into "table is locked" errors.
+        db["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+        # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN,
+        # so concurrent credit holds queue up instead of failing with "database is locked".
+        db["OPTIONS"] = {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    elif db["ENGINE"] == "django.db.backends.postgresql":
+        # A pool rather than one connection per server thread: the production server runs
+        # hundreds of threads (one per open stream) and PostgreSQL allows ~100 connections.
+        db["CONN_MAX_AGE"] = 0
+        db["OPTIONS"] = {
+            "pool": {
+                "min_size": config("DATABASE_POOL_MIN", default=2, cast=int),
+                "max_size": config("DATABASE_POOL_MAX", default=20, cast=int),
+                "timeout": config("DATABASE_POOL_TIMEOUT", default=10, cast=float),
+            }
+        }
+    return db
+
+
+DATABASE_URL = config("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+DATABASES = {"default": _database(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = config("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+            "KEY_PREFIX": config("CACHE_KEY_PREFIX", default="llm"),
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps' static folders when `collectstatic` has not been run, so a
+# fresh clone's admin and docs pages are styled under both servers with DEBUG=False.
+WHITENOISE_USE_FINDERS = True
+
+CORS_ALLOWED_ORIGINS = config("CORS_ALLOWED_ORIGINS", default="", cast=Csv())
+CORS_ALLOW_CREDENTIALS = False
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "billing.authentication.ApiKeyAuthentication",
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "project.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_SCHEMA_CLASS": "project.schema.AutoSchema",
+    "EXCEPTION_HANDLER": "project.exception_handler.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "token": config("TOKEN_THROTTLE_RATE", default="10/min"),
+        "signup": config("SIGNUP_THROTTLE_RATE", default="20/hour"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=config("JWT_ACCESS_MINUTES", default=15, cast=int)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=config("JWT_REFRESH_DAYS", default=7, cast=int)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": False,
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Service API",
+    "DESCRIPTION": (
+        "A self-hosted gateway in front of OpenAI, Gemini, Ollama and in-house models: "
+        "one OpenAI-compatible API, API keys, credits and an append-only ledger."
+    ),
+    "VERSION": VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": config("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # Django logs every 4xx/5xx with the request line; that line is enough and never holds
+        # a key, but keep the noise of expected 4xx answers out of the production log.
+        "django.request": {"level": "ERROR"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+    },
+}
+
+# --- Billing -------------------------------------------------------------------------------
+SIGNUP_CREDITS = config("SIGNUP_CREDITS", default=500, cast=int)
+# Keyed digest secret for API keys; derived from SECRET_KEY when not set (rotating SECRET_KEY
+# then invalidates every key, so production sets its own).
+API_KEY_SECRET = config("API_KEY_SECRET", default="") or f"api-key:{SECRET_KEY}"
+HOLD_TTL_SECONDS = config("HOLD_TTL_SECONDS", default=900, cast=int)
+API_KEY_CACHE_SECONDS = config("API_KEY_CACHE_SECONDS", default=60, cast=int)
+# How long a process serves the price table from memory before re-reading it (an admin's save
+# applies at once in the process that saved it, within this many seconds everywhere else).
+PRICE_CACHE_SECONDS = config("PRICE_CACHE_SECONDS", default=30, cast=int)
+
+# --- LLM providers ---------------------------------------------------------------------------
+LLM_TIMEOUT = config("LLM_TIMEOUT", default=120.0, cast=float)
+OPENAI_API_KEY = config("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = config("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+GEMINI_API_KEY = config("GEMINI_API_KEY", default="")
+GEMINI_BASE_URL = config("GEMINI_BASE_URL", default="")
+OLLAMA_HOST = config("OLLAMA_HOST", default="http://127.0.0.1:11434")
+INHOUSE_BASE_URL = config("INHOUSE_BASE_URL", default="http://127.0.0.1:8081/v1")
+INHOUSE_API_KEY = config("INHOUSE_API_KEY", default="")
+
+LLM_PROVIDERS = {
+    "openai": {
+        "BACKEND": "llm_api.providers.openai.OpenAIProvider",
+        "OPTIONS": {"api_key": OPENAI_API_KEY, "base_url": OPENAI_BASE_URL},
+    },
+    "gemini": {
+        "BACKEND": "llm_api.providers.gemini.GeminiProvider",
+        "OPTIONS": {"api_key": GEMINI_API_KEY, "base_url": GEMINI_BASE_URL},
+    },
+    "ollama": {
+        "BACKEND": "llm_api.providers.ollama.OllamaProvider",
+        "OPTIONS": {"host": OLLAMA_HOST},
+    },
+    "inhouse": {
+        "BACKEND": "llm_api.providers.inhouse.InhouseProvider",
+        "OPTIONS": {"api_key": INHOUSE_API_KEY, "base_url": INHOUSE_BASE_URL},
+    },
+}
+DEFAULT_PROVIDER = config("DEFAULT_PROVIDER", default="inhouse")
+DEFAULT_MODEL = config("DEFAULT_MODEL", default="smollm2-135m-instruct")
+MAX_TOKENS_DEFAULT = config("MAX_TOKENS_DEFAULT", default=1024, cast=int)
+MAX_TOKENS_LIMIT = config("MAX_TOKENS_LIMIT", default=16384, cast=int)
+MAX_CHOICES = config("MAX_CHOICES", default=8, cast=int)
+STREAM_HEARTBEAT_SECONDS = config("STREAM_HEARTBEAT_SECONDS", default=15.0, cast=float)
+# The largest JSON request body (images travel in it as base64, 4/3 of their size).
+REQUEST_MAX_BYTES = config("REQUEST_MAX_BYTES", default=32 * 1024 * 1024, cast=int)
+IMAGE_MAX_BYTES = config("IMAGE_MAX_BYTES", default=5 * 1024 * 1024, cast=int)
+MODELS_CACHE_SECONDS = config("MODELS_CACHE_SECONDS", default=300, cast=int)
+
+# --- Seed-compatible routes and images --------------------------------------------------------
+# The models behind seed 000's /generate and seed 001's /text_model/… and /image_model/… routes:
+# provider/model or an alias; empty means DEFAULT_PROVIDER/DEFAULT_MODEL.
+GENERATE_MODEL = config("GENERATE_MODEL", default="")
+TEXT_MODEL = config("TEXT_MODEL", default="")
+IMAGE_MODEL = config("IMAGE_MODEL", default="")
+# Concurrent upstream calls per seed 001 model (0: no limit), across all gateway processes when
+# REDIS_URL is set; over it a call waits CONCURRENCY_WAIT_SECONDS for a slot, then gets 429.
+TEXT_MODEL_MAX_CONCURRENCY = config("TEXT_MODEL_MAX_CONCURRENCY", default=10, cast=int)
+IMAGE_MODEL_MAX_CONCURRENCY = config("IMAGE_MODEL_MAX_CONCURRENCY", default=10, cast=int)
+CONCURRENCY_WAIT_SECONDS = config("CONCURRENCY_WAIT_SECONDS", default=5.0, cast=float)
+# How long a shared slot outlives a process that died holding it.
+CONCURRENCY_LEASE_SECONDS = config("CONCURRENCY_LEASE_SECONDS", default=30, cast=int)
+# Fetch http(s) image URLs (public addresses only); off: images come as data: URLs or uploads.
+IMAGE_URL_FETCH = config("IMAGE_URL_FETCH", default=False, cast=bool)
+IMAGE_FETCH_TIMEOUT = config("IMAGE_FETCH_TIMEOUT", default=10.0, cast=float)
+# Networks (CIDR) image fetches may reach although they are not public, e.g. an internal CDN.
+IMAGE_FETCH_ALLOWED_NETWORKS = config("IMAGE_FETCH_ALLOWED_NETWORKS", default="", cast=Csv())

@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from project import apis
+
+handler404 = "project.exception_handler.not_found"
+handler500 = "project.exception_handler.server_error"
+
+urlpatterns = [
+    path("", apis.WelcomeApi.as_view(), name="welcome"),
+    path("health", apis.HealthApi.as_view(), name="health"),
+    path("api/info", apis.InfoApi.as_view(), name="info"),
+    path("api/", include("accounts.urls")),
+    path("api/", include("billing.urls")),
+    path("", include("llm_api.urls")),
+    path("", include("llm_api.seed_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,233 @@
+"""The gateway as a real server, with a database of its own, and users made over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from llm_api.localmodel import ServerProcess
+from tests.live.processes import BASE_DIR, free_port, stop, track
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def _is_postgres(url: str) -> bool:
+    return urlsplit(url).scheme in {"postgres", "postgresql"}
+
+
+def _postgres_execute(url: str, statement: str, name: str) -> None:
+    """Run CREATE/DROP DATABASE `name` on the server of `url` (outside a transaction)."""
+    import psycopg
+    from psycopg import sql
+
+    query = sql.SQL(statement).format(sql.Identifier(name))
+    # The server's maintenance database: the configured one need not exist (tests never use it).
+    maintenance = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as connection:
+        connection.execute(query)
+
+
+@dataclass
+class LiveDatabase:
+    """A database of one live gateway's own: created empty, dropped (or deleted) at the end."""
+
+    url: str
+    _server_url: str | None = None  # PostgreSQL: where to connect to drop it
+    _name: str | None = None
+
+    @classmethod
+    def create(cls, configured_url: str | None, workdir: Path) -> LiveDatabase:
+        """Create it on the PostgreSQL server of `configured_url`, else as a SQLite file."""
+        if configured_url and _is_postgres(configured_url):
+            name = f"live_{uuid.uuid4().hex[:16]}"
+            _postgres_execute(configured_url, "CREATE DATABASE {}", name)
+            url = urlunsplit(urlsplit(configured_url)._replace(path=f"/{name}"))
+            return cls(url=url, _server_url=configured_url, _name=name)
+        return cls(url=f"sqlite:///{workdir / 'db.sqlite3'}")
+
+    def drop(self) -> None:
+        """Drop the PostgreSQL database; a SQLite file goes with its folder."""
+        if self._server_url and self._name:
+            _postgres_execute(
+                self._server_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", self._name
+            )
+
+
+class LiveGateway:
+    """The gateway as a real server process on a free loopback port.
+
+    `env` goes on top of os.environ (provider URLs, SIGNUP_CREDITS…). `server` is "granian"
+    (the production server, `manage.py serve`) or "runserver" (`manage.py runserver
+    --noreload`). Use it as a context manager, or call `start()` and `stop()` yourself;
+    `manage(...)` runs a management command against its database, before or after start.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        server: Literal["granian", "runserver"] = "granian",
+        workdir: Path | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.server = server
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout = start_timeout
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="live-gateway-"))
+        self._extra_env = dict(env or {})
+        self.database: LiveDatabase | None = None
+        self.process: ServerProcess | None = None
+
+    def __enter__(self) -> LiveGateway:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Return the environment of the gateway's processes."""
+        env = {
+            **os.environ,
+            # Sign in as often as a test needs to; the throttles have tests of their own.
+            "TOKEN_THROTTLE_RATE": "10000/min",
+            "SIGNUP_THROTTLE_RATE": "10000/min",
+            "DATA_DIR": str(self.workdir),
+            # Its own keys in a shared Redis: key ids repeat across the gateways' databases.
+            "CACHE_KEY_PREFIX": f"live-{self.port}",
+            **self._extra_env,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+        }
+        if self.database:
+            env["DATABASE_URL"] = self.database.url
+        return env
+
+    def prepare(self) -> None:
+        """Create and migrate the gateway's own database (once)."""
+        if self.database is None:
+            configured = self._extra_env.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
+            self.database = LiveDatabase.create(configured, self.workdir)
+            self.manage("migrate", "--no-input")
+
+    def manage(self, *args: str, timeout: float = 180.0) -> str:
+        """Run `manage.py <args>` with the gateway's environment; return its output."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=BASE_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"manage.py {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def start(self) -> LiveGateway:
+        """Start the server and wait until GET /health answers 200 (else stop and raise)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.prepare()
+        argv = [sys.executable, "manage.py", "serve"]
+        if self.server == "runserver":
+            argv = [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                f"127.0.0.1:{self.port}",
+                "--noreload",
+            ]
+        self.process = ServerProcess.start(
+            f"gateway ({self.server})",
+            argv,
+            env=self.env,
+            log_path=self.workdir / "gateway.log",
+            cwd=BASE_DIR,
+        )
+        track(self.process)
+        self.process.wait_until_ready(f"{self.url}/health", timeout=self.start_timeout)
+
+    def stop(self) -> None:
+        """Kill the server's process group, drop its database, remove its own folder."""
+        try:
+            if self.process:
+                stop(self.process)
+        finally:
+            try:
+                if self.database:
+                    self.database.drop()
+            finally:
+                if self._own_workdir:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        """Return the server's output so far (stdout and stderr)."""
+        path = self.workdir / "gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@dataclass(frozen=True)
+class LiveUser:
+    """A user made over HTTP: its JWT access token and one API key."""
+
+    username: str
+    password: str
+    access: str
+    key: str
+
+    @property
+    def jwt_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access}"}
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def _ok(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, (
+        f"{response.request.method} {response.request.url} answered "
+        f"{response.status_code}: {response.text[:2000]}"
+    )
+    return response.json()
+
+
+def live_user(base_url: str, username: str, *, password: str = PASSWORD) -> LiveUser:
+    """Sign up `username` on a live gateway, sign in, and create an API key, all over HTTP."""
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        account = {"username": username, "password": password}
+        _ok(client.post("/api/signup/", json={**account, "email": f"{username}@example.com"}), 201)
+        access = _ok(client.post("/api/token/", json=account), 200)["access"]
+        headers = {"Authorization": f"Bearer {access}"}
+        created = _ok(client.post("/api/keys/", json={"name": "live"}, headers=headers), 201)
+    assert "key" in created, f"POST /api/keys/ did not return the key: {created}"
+    return LiveUser(username=username, password=password, access=access, key=created["key"])
+
+
+def live_api_key(base_url: str, username: str) -> str:
+    """Return a working API key of a new user `username` on a live gateway."""
+    return live_user(base_url, username).key
