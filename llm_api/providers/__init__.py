@@ -7,6 +7,7 @@ SDK client and connection pool with it), and dropped when the setting changes in
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -16,6 +17,8 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from llm_api.providers.base import Provider, ProviderError
+
+logger = logging.getLogger(__name__)
 
 
 class ProviderHandler:
@@ -52,6 +55,18 @@ class ProviderHandler:
 
     def all(self) -> list[Provider]:
         return [self[name] for name in self.names]
+
+    def warm_up(self) -> None:
+        """Import every provider and build the SDK clients of those configured, so that the
+        first request does not wait for them (an SDK import takes up to a second). A provider
+        that cannot be built is logged and left to answer its own error when called."""
+        for name in self.names:
+            try:
+                provider = self[name]
+                if provider.available:
+                    provider.client  # noqa: B018 (building it is the point)
+            except Exception:
+                logger.exception("Provider '%s' could not be built at start-up.", name)
 
     def reset(self) -> None:
         with self._lock:
