@@ -1,10 +1,13 @@
 """POST /v1/chat/completions through the Django test client, against the fake upstream."""
 
+import io
+
 import pytest
 
 from billing.models import CreditHold
 from billing.services import api_key_create, credits_grant
 from llm_api.models import ModelAlias, UsageRecord
+from project.parsers import JSONParser, RequestTooLarge
 from tests.llm_api.conftest import balance, chat, cost_of, usage_entries
 
 pytestmark = pytest.mark.usefixtures("upstream_providers")
@@ -261,6 +264,40 @@ def test_an_oversized_body_is_a_413_before_it_is_read(key_api, fake_upstream, se
     assert response.status_code == 413
     assert "1,000 bytes" in response.json()["error"]["message"]
     assert fake_upstream.requests == []
+
+
+def test_the_parser_reads_no_further_than_one_byte_past_the_limit(settings):
+    """A body with no Content-Length (a stream) is bounded by what the parser reads."""
+    settings.REQUEST_MAX_BYTES = 1000
+    stream = io.BytesIO(b'{"messages": "' + b"x" * 5000 + b'"}')
+    with pytest.raises(RequestTooLarge, match="over 1,000 bytes"):
+        JSONParser().parse(stream, "application/json", {})
+    assert stream.tell() == 1001
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "without its pair"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "NaN"),
+        (b'{"messages": [', "JSON parse error"),
+    ],
+)
+def test_json_no_part_of_the_stack_could_handle_is_a_400_saying_why(
+    key_api, fake_upstream, body, says
+):
+    response = key_api.generic("POST", "/v1/chat/completions", body, "application/json")
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]
+    assert fake_upstream.requests == []
+
+
+def test_an_escaped_surrogate_pair_is_text_and_reaches_the_upstream(key_api, fake_upstream):
+    body = b'{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
+    response = key_api.generic("POST", "/v1/chat/completions", body, "application/json")
+    assert response.status_code == 200, response.content
+    assert fake_upstream.last.body["messages"][0]["content"] == "smile \U0001f600"
 
 
 def test_a_parameter_the_provider_declares_unsupported_is_refused_not_dropped(
