@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpResponseBase
@@ -83,17 +85,50 @@ def chat_completion_body(result: ChatResult, *, completion_id: str, model: str) 
     }
 
 
+def text_completion_body(result: ChatResult, *, completion_id: str, model: str) -> dict[str, Any]:
+    """Return OpenAI's legacy `text_completion` object."""
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason}
+            for c in result.choices
+        ],
+        "usage": usage_body(result.usage) if result.usage else None,
+    }
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """How a route shapes its answer: the id prefix, the stream encoder, the whole body."""
+
+    id_prefix: str
+    encoder: type[ChatChunkEncoder]
+    body: Callable[..., dict[str, Any]]
+
+
+CHAT_COMPLETION = AnswerShape("chatcmpl", ChatChunkEncoder, chat_completion_body)
+TEXT_COMPLETION = AnswerShape("cmpl", TextCompletionEncoder, text_completion_body)
+
+
 def chat_answer(
-    request: Request, chat: ChatInput, *, route: str, provider_name: str | None = None
+    request: Request,
+    chat: ChatInput,
+    *,
+    route: str,
+    provider_name: str | None = None,
+    shape: AnswerShape = CHAT_COMPLETION,
 ) -> HttpResponseBase:
-    """Answer a chat call as one `chat.completion` or as a stream of chunks."""
+    """Answer a chat call as one completion object or as a stream of chunks, in `shape`."""
     caller = caller_of(request)
-    completion_id = public_id("chatcmpl", request)
+    completion_id = public_id(shape.id_prefix, request)
     if chat.stream:
         stream = chat_stream_open(
             caller=caller, chat=chat, route=route, provider_name=provider_name
         )
-        encoder = ChatChunkEncoder(
+        encoder = shape.encoder(
             completion_id=completion_id,
             created=int(time.time()),
             model=stream.target.name,
@@ -101,7 +136,7 @@ def chat_answer(
         )
         return sse_response(chunk_events(stream, encoder.chunk, encoder.end), stream.close)
     target, result = chat_create(caller=caller, chat=chat, route=route, provider_name=provider_name)
-    return Response(chat_completion_body(result, completion_id=completion_id, model=target.name))
+    return Response(shape.body(result, completion_id=completion_id, model=target.name))
 
 
 class ChatCompletionsApi(LlmApi):
@@ -149,36 +184,8 @@ class CompletionsApi(LlmApi):
 
     @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["OpenAI-compatible"])
     def post(self, request: Request) -> HttpResponseBase:
-        chat = completion_input(request.data)
-        caller = caller_of(request)
-        completion_id = public_id("cmpl", request)
-        if chat.stream:
-            stream = chat_stream_open(caller=caller, chat=chat, route="completions")
-            encoder = TextCompletionEncoder(
-                completion_id=completion_id,
-                created=int(time.time()),
-                model=stream.target.name,
-                include_usage=chat.include_usage,
-            )
-            return sse_response(chunk_events(stream, encoder.chunk, encoder.end), stream.close)
-        target, result = chat_create(caller=caller, chat=chat, route="completions")
-        return Response(
-            {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": target.name,
-                "choices": [
-                    {
-                        "text": c.text,
-                        "index": c.index,
-                        "logprobs": None,
-                        "finish_reason": c.finish_reason,
-                    }
-                    for c in result.choices
-                ],
-                "usage": usage_body(result.usage) if result.usage else None,
-            }
+        return chat_answer(
+            request, completion_input(request.data), route="completions", shape=TEXT_COMPLETION
         )
 
 
