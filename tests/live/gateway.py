@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -26,35 +27,84 @@ def _is_postgres(url: str) -> bool:
     return urlsplit(url).scheme in {"postgres", "postgresql"}
 
 
-def _postgres_execute(url: str, statement: str, name: str) -> None:
-    """Run CREATE/DROP DATABASE `name` on the server of `url` (outside a transaction)."""
+def _postgres_execute(url: str, statement: str, *names: str) -> None:
+    """Run CREATE/DROP DATABASE on the server of `url` (outside a transaction), with `names`
+    as the identifiers of the statement's `{}`s."""
     import psycopg
     from psycopg import sql
 
-    query = sql.SQL(statement).format(sql.Identifier(name))
+    query = sql.SQL(statement).format(*map(sql.Identifier, names))
     # The server's maintenance database: the configured one need not exist (tests never use it).
     maintenance = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as connection:
         connection.execute(query)
 
 
+def _migrate(database_url: str) -> None:
+    """Run `manage.py migrate` on `database_url` in a process of its own."""
+    with tempfile.TemporaryDirectory(prefix="live-migrate-") as data_dir:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input"],
+            cwd=BASE_DIR,
+            env={**os.environ, "DATABASE_URL": database_url, "DATA_DIR": data_dir},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py migrate failed:\n{result.stdout}{result.stderr}")
+
+
 @dataclass
 class LiveDatabase:
-    """A database of one live gateway's own: created empty, dropped (or deleted) at the end."""
+    """A database of one live gateway's own: created migrated, dropped (or deleted) at the end.
+
+    Migrating takes seconds, so each test process migrates one template database per database
+    server and gives every gateway a copy of it: `CREATE DATABASE … TEMPLATE` on PostgreSQL, a
+    copy of the file on SQLite. The templates are removed when the process exits.
+    """
 
     url: str
     _server_url: str | None = None  # PostgreSQL: where to connect to drop it
     _name: str | None = None
+
+    _templates: ClassVar[dict[str, str]] = {}  # server URL or "sqlite" → template name or file
 
     @classmethod
     def create(cls, configured_url: str | None, workdir: Path) -> LiveDatabase:
         """Create it on the PostgreSQL server of `configured_url`, else as a SQLite file."""
         if configured_url and _is_postgres(configured_url):
             name = f"live_{uuid.uuid4().hex[:16]}"
-            _postgres_execute(configured_url, "CREATE DATABASE {}", name)
+            template = cls._postgres_template(configured_url)
+            _postgres_execute(configured_url, "CREATE DATABASE {} TEMPLATE {}", name, template)
             url = urlunsplit(urlsplit(configured_url)._replace(path=f"/{name}"))
             return cls(url=url, _server_url=configured_url, _name=name)
-        return cls(url=f"sqlite:///{workdir / 'db.sqlite3'}")
+        path = workdir / "db.sqlite3"
+        shutil.copyfile(cls._sqlite_template(), path)
+        return cls(url=f"sqlite:///{path}")
+
+    @classmethod
+    def _postgres_template(cls, server_url: str) -> str:
+        if server_url not in cls._templates:
+            name = f"live_template_{uuid.uuid4().hex[:12]}"
+            _postgres_execute(server_url, "CREATE DATABASE {}", name)
+            atexit.register(
+                _postgres_execute, server_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name
+            )
+            _migrate(urlunsplit(urlsplit(server_url)._replace(path=f"/{name}")))
+            cls._templates[server_url] = name
+        return cls._templates[server_url]
+
+    @classmethod
+    def _sqlite_template(cls) -> str:
+        if "sqlite" not in cls._templates:
+            folder = tempfile.mkdtemp(prefix="live-template-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = os.path.join(folder, "db.sqlite3")
+            _migrate(f"sqlite:///{path}")
+            cls._templates["sqlite"] = path
+        return cls._templates["sqlite"]
 
     def drop(self) -> None:
         """Drop the PostgreSQL database; a SQLite file goes with its folder."""
@@ -117,11 +167,10 @@ class LiveGateway:
         return env
 
     def prepare(self) -> None:
-        """Create and migrate the gateway's own database (once)."""
+        """Create the gateway's own migrated database (once)."""
         if self.database is None:
             configured = self._extra_env.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
             self.database = LiveDatabase.create(configured, self.workdir)
-            self.manage("migrate", "--no-input")
 
     def manage(self, *args: str, timeout: float = 180.0) -> str:
         """Run `manage.py <args>` with the gateway's environment; return its output."""
