@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+from rest_framework.utils.json import strict_constant
 
 from project.exceptions import ServiceError
 
@@ -18,22 +19,36 @@ class RequestTooLarge(ServiceError):
 
 
 # A \uD800-\uDFFF escape: half of a surrogate pair, valid only with its other half.
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON; send a number or null")
+def json_loads(text: str) -> Any:
+    """Parse JSON a client sent, refusing with a ValueError that says why what Python's json
+    module accepts but no other part of the stack can handle: NaN and Infinity, nesting deep
+    enough to exhaust the recursion limit, and lone surrogate escapes (`"\\ud800"`), which no
+    encoder can write to a database or an upstream. Every JSON a client sends goes through here:
+    request bodies and JSON inside form fields alike."""
+    try:
+        data = json.loads(text, parse_constant=strict_constant)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    if SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                "a \\uD800-\\uDFFF escape without its pair is not text; send the character "
+                "itself or its full surrogate pair"
+            ) from None
+    return data
 
 
 class JSONParser(parsers.JSONParser):
-    """DRF's JSON parser with a size limit, refusing what would break later.
+    """DRF's JSON parser with a size limit, parsing through `json_loads`.
 
     DRF reads JSON straight from the request stream, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE
     never applies to it; without the limit a client could make the server hold any amount in
     memory (the body is read at most one byte past the limit, so a chunked body is bounded too).
-    Python's json module accepts two things no other part of the stack can handle: nesting deep
-    enough to exhaust the recursion limit, and lone surrogate escapes (`"\\ud800"`), which no
-    encoder can write to a database or an upstream. Both are 400s here.
     """
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
@@ -47,22 +62,9 @@ class JSONParser(parsers.JSONParser):
         if len(raw) > limit:
             raise self._too_large(f"over {limit:,} bytes")
         try:
-            data = json.loads(
-                raw.decode(parser_context.get("encoding", settings.DEFAULT_CHARSET)),
-                parse_constant=_reject_constant,
-            )
-            if SURROGATE_ESCAPE.search(raw):
-                json.dumps(data, ensure_ascii=False).encode()
-        except RecursionError:
-            raise ParseError("JSON parse error - the body is nested too deeply.") from None
-        except UnicodeEncodeError:
-            raise ParseError(
-                "JSON parse error - a \\uD800-\\uDFFF escape without its pair is not text; "
-                "send the character itself or its full surrogate pair."
-            ) from None
+            return json_loads(raw.decode(parser_context.get("encoding", settings.DEFAULT_CHARSET)))
         except ValueError as error:
             raise ParseError(f"JSON parse error - {error}") from None
-        return data
 
     @staticmethod
     def _too_large(size: str) -> RequestTooLarge:

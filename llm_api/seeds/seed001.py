@@ -9,7 +9,6 @@ The models are TEXT_MODEL and IMAGE_MODEL, each with its own limit on concurrent
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -32,6 +31,7 @@ from llm_api.seeds.common import REPLY, SeedApi, detail_error_event, reply_text
 from llm_api.selectors import model_resolve
 from llm_api.services import MeteredStream, chat_create, chat_stream_open
 from llm_api.sse import chunk_events, event, sse_response
+from project.parsers import json_loads
 
 MISSING_KEY = "Missing API Key. Please provide X-API-Key header."
 FLOATS = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
@@ -90,10 +90,10 @@ def form_value(name: str, value: str) -> Any:
         raise InvalidParameter(f"'{name}' must be {kind}; got {value!r}.", param=name) from None
     if name == "response_format":
         try:
-            return json.loads(value)
-        except ValueError:
+            return json_loads(value)
+        except ValueError as error:
             raise InvalidParameter(
-                '\'response_format\' must be JSON, like {"type": "json_object"}.',
+                f'\'response_format\' must be JSON, like {{"type": "json_object"}}: {error}.',
                 param=name,
             ) from None
     return value

@@ -214,6 +214,14 @@ def test_bad_json_input_is_a_400_naming_the_field(key_api, alice, fake_upstream,
         ({"presence_penalty": "-2.5"}, "presence_penalty"),
         ({"response_format": "{bad"}, "response_format"),
         ({"response_format": '{"type": "yaml"}'}, "response_format"),
+        ({"response_format": "[" * 100_000 + "]" * 100_000}, "response_format"),
+        (
+            {
+                "response_format": '{"type": "json_schema", "json_schema": {"name": "x", '
+                '"schema": {"description": "\\ud800"}}}'
+            },
+            "response_format",
+        ),
         ({"colour": "red"}, "colour"),
         ({"prompt": ""}, "prompt"),
         ({"image": None}, "image"),
