@@ -40,20 +40,33 @@ def _postgres_execute(url: str, statement: str, *names: str) -> None:
         connection.execute(query)
 
 
-def _migrate(database_url: str) -> None:
-    """Run `manage.py migrate` on `database_url` in a process of its own."""
-    with tempfile.TemporaryDirectory(prefix="live-migrate-") as data_dir:
-        result = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--no-input"],
-            cwd=BASE_DIR,
-            env={**os.environ, "DATABASE_URL": database_url, "DATA_DIR": data_dir},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+def manage(env: Mapping[str, str], *args: str, timeout: float = 180.0) -> str:
+    """Run `manage.py <args>` with `env` as its whole environment; return its output."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"manage.py migrate failed:\n{result.stdout}{result.stderr}")
+        raise RuntimeError(
+            f"manage.py {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}{result.stderr}"
+        )
+    return result.stdout
+
+
+def _migrate(database_url: str) -> None:
+    """Migrate `database_url` in a process of its own, with a throwaway data folder."""
+    with tempfile.TemporaryDirectory(prefix="live-migrate-") as data_dir:
+        manage(
+            {**os.environ, "DATABASE_URL": database_url, "DATA_DIR": data_dir},
+            "migrate",
+            "--no-input",
+        )
 
 
 @dataclass
@@ -174,21 +187,7 @@ class LiveGateway:
 
     def manage(self, *args: str, timeout: float = 180.0) -> str:
         """Run `manage.py <args>` with the gateway's environment; return its output."""
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=BASE_DIR,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"manage.py {' '.join(args)} failed ({result.returncode}):\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        return result.stdout
+        return manage(self.env, *args, timeout=timeout)
 
     def start(self) -> LiveGateway:
         """Start the server and wait until GET /health answers 200 (else stop and raise)."""
