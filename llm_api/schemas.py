@@ -7,6 +7,7 @@ naming the parameter, answered in OpenAI's error shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +116,8 @@ def max_tokens(body: dict, name: str = "max_tokens") -> int:
     return value if value is not None else settings.MAX_TOKENS_DEFAULT
 
 
-def stop_sequences(body: dict) -> list[str] | None:
-    value = body.get("stop")
+def stop_sequences(body: dict, name: str = "stop") -> list[str] | None:
+    value = body.get(name)
     if value is None:
         return None
     if isinstance(value, str):
@@ -127,11 +128,11 @@ def stop_sequences(body: dict) -> list[str] | None:
         and all(isinstance(item, str) and item for item in value)
     ):
         return value
-    raise InvalidParameter("'stop' must be a string or a list of 1 to 4 strings.", param="stop")
+    raise InvalidParameter(f"'{name}' must be a string or a list of 1 to 4 strings.", param=name)
 
 
-def response_format(body: dict) -> dict[str, Any] | None:
-    value = body.get("response_format")
+def response_format(body: dict, name: str = "response_format") -> dict[str, Any] | None:
+    value = body.get(name)
     if value is None:
         return None
     kind = value.get("type") if isinstance(value, dict) else None
@@ -236,8 +237,8 @@ def messages(body: dict) -> list[Message]:
     return [message(item, index) for index, item in enumerate(raw)]
 
 
-def tools(body: dict) -> list[dict[str, Any]] | None:
-    value = body.get("tools")
+def tools(body: dict, name: str = "tools") -> list[dict[str, Any]] | None:
+    value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, list) or not all(
@@ -270,18 +271,43 @@ def stream_options(body: dict, stream: bool) -> bool:
     return bool(value.get("include_usage"))
 
 
-def sampling(body: dict) -> dict[str, Any]:
-    """Return the sampling options shared by the chat and the legacy completions routes."""
-    return {
-        "temperature": number(body, "temperature", 0, 2),
-        "top_p": number(body, "top_p", 0, 1),
-        "n": integer(body, "n", low=1, high=settings.MAX_CHOICES) or 1,
-        "stop": stop_sequences(body),
-        "seed": integer(body, "seed"),
-        "frequency_penalty": number(body, "frequency_penalty", -2, 2),
-        "presence_penalty": number(body, "presence_penalty", -2, 2),
-        "user": string(body, "user"),
-    }
+# Every option a route can take, checked one way whatever the route: ChatRequest field →
+# check(body, the name the route's wire gives it).
+OPTION_CHECKS: dict[str, Callable[[dict, str], Any]] = {
+    "max_tokens": max_tokens,
+    "temperature": lambda body, name: number(body, name, 0, 2),
+    "top_p": lambda body, name: number(body, name, 0, 1),
+    "n": lambda body, name: integer(body, name, low=1, high=settings.MAX_CHOICES),
+    "stop": stop_sequences,
+    "seed": integer,
+    "frequency_penalty": lambda body, name: number(body, name, -2, 2),
+    "presence_penalty": lambda body, name: number(body, name, -2, 2),
+    "response_format": response_format,
+    "tools": tools,
+    "tool_choice": lambda body, name: body.get(name),
+    "user": string,
+}
+
+
+def options(
+    body: dict, accepted: Iterable[str], *, names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return the ChatRequest options among the wire names a route `accepted`, each checked.
+
+    `names` maps a route's own name to the option's (Responses' `max_output_tokens` is
+    `max_tokens`). A dialect only maps names: what a valid value is lives here, once.
+    """
+    names = names or {}
+    values: dict[str, Any] = {"max_tokens": settings.MAX_TOKENS_DEFAULT}
+    accepted = set(accepted)
+    for wire in body:  # in the client's order, so the first bad option is the one reported
+        if wire not in accepted:
+            continue
+        option = names.get(wire, wire)
+        check = OPTION_CHECKS.get(option)
+        if check is not None and (value := check(body, wire)) is not None:
+            values[option] = value
+    return values
 
 
 def chat_input(body: Any) -> ChatInput:
@@ -289,17 +315,15 @@ def chat_input(body: Any) -> ChatInput:
     body = require_object(body)
     reject_unknown(body, CHAT_FIELDS)
     stream = boolean(body, "stream")
+    # max_completion_tokens is the newer name of max_tokens; it wins when both are given.
     limit = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
+    accepted = CHAT_FIELDS - {"max_tokens", "max_completion_tokens"} | {limit}
     request = ChatRequest(
         model="",
         messages=messages(body),
-        max_tokens=max_tokens(body, limit),
-        response_format=response_format(body),
-        tools=tools(body),
-        tool_choice=body.get("tool_choice"),
-        **sampling(body),
+        **options(body, accepted, names={"max_completion_tokens": "max_tokens"}),
     )
     return ChatInput(
         model=model_name(body),

@@ -105,6 +105,8 @@ def _database(url: str) -> dict:
     """Return Django's DATABASES entry for a `sqlite:///…` or `postgres://…` URL."""
     db = dj_database_url.parse(url)
     if db["ENGINE"] == "django.db.backends.sqlite3":
+        # Django's SQLite backend, with connections pooled across requests (project/db).
+        db["ENGINE"] = "project.db"
         # Tests get a file of their own (per process, so parallel runs never share one):
         # the in-memory default turns concurrent writers into "table is locked" errors.
         db["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -118,12 +120,14 @@ def _database(url: str) -> dict:
     elif db["ENGINE"] == "django.db.backends.postgresql":
         # A pool rather than one connection per server thread: the production server runs
         # hundreds of threads (one per open stream) and PostgreSQL allows ~100 connections.
+        # A request waits its turn for a connection rather than failing: money is written by
+        # one thread at a time per process (billing.services.credits), so waits are short.
         db["CONN_MAX_AGE"] = 0
         db["OPTIONS"] = {
             "pool": {
                 "min_size": config("DATABASE_POOL_MIN", default=2, cast=int),
                 "max_size": config("DATABASE_POOL_MAX", default=20, cast=int),
-                "timeout": config("DATABASE_POOL_TIMEOUT", default=10, cast=float),
+                "timeout": config("DATABASE_POOL_TIMEOUT", default=60, cast=float),
             }
         }
     return db
@@ -242,6 +246,10 @@ SIGNUP_CREDITS = config("SIGNUP_CREDITS", default=500, cast=int)
 # then invalidates every key, so production sets its own).
 API_KEY_SECRET = config("API_KEY_SECRET", default="") or f"api-key:{SECRET_KEY}"
 HOLD_TTL_SECONDS = config("HOLD_TTL_SECONDS", default=900, cast=int)
+# Where a settle or release that the database could not take is kept until it is written
+# (llm_api/pending.py), and how soon the first retry runs (later ones back off to 30 s).
+PENDING_DIR = Path(config("PENDING_DIR", default=str(DATA_DIR / "pending")))
+PENDING_RETRY_SECONDS = config("PENDING_RETRY_SECONDS", default=1.0, cast=float)
 API_KEY_CACHE_SECONDS = config("API_KEY_CACHE_SECONDS", default=60, cast=int)
 # How long a process serves the price table from memory before re-reading it (an admin's save
 # applies at once in the process that saved it, within this many seconds everywhere else).

@@ -14,10 +14,13 @@ def warm_up() -> None:
     view, and the providers' SDKs and clients (measured: over a second on a cold process)."""
     from django.urls import get_resolver
 
+    from llm_api import pending
     from llm_api.providers import providers
 
     get_resolver().url_patterns  # noqa: B018 (importing the views is the point)
     providers.warm_up()
+    # Writes a process that died left queued are retried by the next one to start.
+    pending.resume()
 
 
 warm_up()

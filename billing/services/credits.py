@@ -5,7 +5,10 @@ inside short transactions, so concurrent requests can never spend the same credi
 lock is held while a provider works.
 """
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -29,6 +32,20 @@ Kind = LedgerEntry.Kind
 HoldStatus = CreditHold.Status
 SWEEP_INTERVAL_SECONDS = 60
 MAX_AMOUNT = 10**15  # a billion credits
+
+
+# One thread at a time writes money in each process. The writes are short (a few statements),
+# so a queue at this lock costs less than SQLite's busy handler, which sleeps between retries
+# of BEGIN IMMEDIATE; and under load on PostgreSQL it keeps the metering of a thousand streams
+# to one pooled connection instead of a pool timeout. Re-entrant: a write may call another.
+_writer = threading.RLock()
+
+
+@contextmanager
+def ledger_write() -> Iterator[None]:
+    """Run the block as one transaction, the only money write of this process at the time."""
+    with _writer, transaction.atomic():
+        yield
 
 
 def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
@@ -158,7 +175,7 @@ def credits_hold(
     _holds_expire_if_due()
     expires_at = timezone.now() + timedelta(seconds=settings.HOLD_TTL_SECONDS)
     try:
-        with transaction.atomic():
+        with ledger_write():
             _reserve_on_account(user_id, amount)
             if api_key_id is not None:
                 _reserve_on_key(api_key_id, amount)
@@ -189,13 +206,17 @@ def _hold_claim(hold: CreditHold, status: str) -> bool:
 
 def _hold_close(hold: CreditHold, status: str) -> bool:
     """Release a hold's credits without charging anything; False if it was already closed."""
-    with transaction.atomic():
+    with ledger_write():
         if not _hold_claim(hold, status):
             return False
-        CreditAccount.objects.filter(pk=hold.account_id).update(held=F("held") - hold.amount)
-        if hold.api_key_id:
-            ApiKey.objects.filter(pk=hold.api_key_id).update(held=F("held") - hold.amount)
+        _unhold(hold)
     return True
+
+
+def _unhold(hold: CreditHold) -> None:
+    CreditAccount.objects.filter(pk=hold.account_id).update(held=F("held") - hold.amount)
+    if hold.api_key_id:
+        ApiKey.objects.filter(pk=hold.api_key_id).update(held=F("held") - hold.amount)
 
 
 def _charge_account(account_id: int, cost: int, released: int) -> int:
@@ -221,6 +242,7 @@ def credits_settle(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     estimated: bool = False,
+    record: Callable[[], object] | None = None,
 ) -> LedgerEntry | None:
     """Charge a request's actual cost, release the rest of its hold and record one usage entry.
 
@@ -228,28 +250,34 @@ def credits_settle(
     and returns None. A hold that expired while its request was still running (a stream longer
     than HOLD_TTL_SECONDS) is still charged: the usage happened. A cost above what is held is
     taken from the remaining balance but never below zero; what could not be collected is
-    written in the entry's note.
+    written in the entry's note. `record` (say, the request's usage row) is written in the same
+    transaction, so a request costs one write here.
     """
     _require_int(cost, "cost")
     _require_int(prompt_tokens, "prompt_tokens")
     _require_int(completion_tokens, "completion_tokens")
-    hold = CreditHold.objects.filter(
-        request_id=request_id, status__in=[HoldStatus.HELD, HoldStatus.EXPIRED]
-    ).first()
-    if hold is None:
-        return None
-    # An expired hold's credits were already released by the sweep: release nothing twice.
-    released = hold.amount if hold.status == HoldStatus.HELD else 0
-    with transaction.atomic():
+    with ledger_write():
+        # Read and claim in one transaction: a sweep in between cannot release it unpaid.
+        hold = (
+            CreditHold.objects.filter(
+                request_id=request_id, status__in=[HoldStatus.HELD, HoldStatus.EXPIRED]
+            )
+            .only("pk", "status", "amount", "account_id", "api_key_id", "model")
+            .first()
+        )
+        if hold is None:
+            return None
         claimed = CreditHold.objects.filter(pk=hold.pk, status=hold.status)
         if not claimed.update(status=HoldStatus.SETTLED, closed_at=timezone.now()):
             return None
+        # An expired hold's credits were already released by the sweep: release nothing twice.
+        released = hold.amount if hold.status == HoldStatus.HELD else 0
         charged = _charge_account(hold.account_id, cost, released)
         if hold.api_key_id:
             ApiKey.objects.filter(pk=hold.api_key_id).update(
                 held=F("held") - released, spent=F("spent") + charged
             )
-        return LedgerEntry.objects.create(
+        entry = LedgerEntry.objects.create(
             account_id=hold.account_id,
             kind=Kind.USAGE,
             amount=-charged,
@@ -261,6 +289,9 @@ def credits_settle(
             estimated=estimated,
             note=_shortfall_note(cost, charged),
         )
+        if record is not None:
+            record()
+        return entry
 
 
 def _shortfall_note(cost: int, charged: int) -> str:
@@ -272,11 +303,17 @@ def _shortfall_note(cost: int, charged: int) -> str:
     )
 
 
-def credits_release(*, request_id: str) -> bool:
+def credits_release(*, request_id: str, record: Callable[[], object] | None = None) -> bool:
     """Release a request's hold untouched (the upstream failed before any output); return
-    whether there was an open hold to release."""
-    hold = _open_hold(request_id)
-    return hold is not None and _hold_close(hold, HoldStatus.RELEASED)
+    whether there was an open hold to release. `record` is written in the same transaction."""
+    with ledger_write():
+        hold = _open_hold(request_id)
+        if hold is None or not _hold_claim(hold, HoldStatus.RELEASED):
+            return False
+        _unhold(hold)
+        if record is not None:
+            record()
+    return True
 
 
 def holds_expire(*, now: datetime | None = None) -> int:

@@ -9,31 +9,25 @@ Errors are seed 003's `{"error": short type, "message": ...}`. Images may come a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from django.http import HttpResponseBase
-from drf_spectacular.utils import extend_schema
-from rest_framework.request import Request
-from rest_framework.response import Response
-
-from llm_api import apis, schemas
-from llm_api.apis import ANY_JSON, caller_of
+from llm_api import schemas
+from llm_api.dialects.base import Dialect, Writer, reply_text
+from llm_api.dialects.openai import TextCompletion
 from llm_api.exceptions import InvalidParameter
 from llm_api.images import image_from_base64
+from llm_api.pipeline import Call
 from llm_api.providers.base import (
     ChatChunk,
     ChatRequest,
+    ChatResult,
     ImagePart,
     Message,
-    ProviderError,
     TextPart,
     Usage,
 )
 from llm_api.schemas import ChatInput
-from llm_api.seeds.common import SeedApi, reply_text
-from llm_api.services import chat_create, chat_stream_open
-from llm_api.sse import chunk_events, event, sse_response
-from project.exception_handler import ApiError
+from llm_api.streaming import event
 
 SAMPLING = {"temperature", "top_p", "max_tokens", "seed", "stop"}
 GENERATE_FIELDS = {"prompt", "model", "stream", "system", "images", *SAMPLING}
@@ -41,17 +35,6 @@ CHAT_FIELDS = {"messages", "model", "stream", *SAMPLING}
 
 
 # --- requests -----------------------------------------------------------------------------------
-
-
-def sampling(body: dict[str, Any]) -> dict[str, Any]:
-    """Return the sampling options these routes take, checked as /v1 checks them."""
-    return {
-        "max_tokens": schemas.max_tokens(body),
-        "temperature": schemas.number(body, "temperature", 0, 2),
-        "top_p": schemas.number(body, "top_p", 0, 1),
-        "seed": schemas.integer(body, "seed"),
-        "stop": schemas.stop_sequences(body),
-    }
 
 
 def base64_images(raw: Any, param: str) -> list[ImagePart]:
@@ -73,7 +56,7 @@ def generate_input(body: Any) -> ChatInput:
     system = schemas.string(body, "system")
     if system:
         messages.insert(0, Message(role="system", content=system))
-    request = ChatRequest(model="", messages=messages, **sampling(body))
+    request = ChatRequest(model="", messages=messages, **schemas.options(body, SAMPLING))
     return ChatInput(
         model=schemas.model_name(body), request=request, stream=schemas.boolean(body, "stream")
     )
@@ -102,7 +85,7 @@ def chat_input(body: Any) -> ChatInput:
     if not isinstance(raw, list) or not raw:
         raise InvalidParameter("'messages' must be a non-empty list of messages.", param="messages")
     messages = [chat_message(item, index) for index, item in enumerate(raw)]
-    request = ChatRequest(model="", messages=messages, **sampling(body))
+    request = ChatRequest(model="", messages=messages, **schemas.options(body, SAMPLING))
     return ChatInput(
         model=schemas.model_name(body), request=request, stream=schemas.boolean(body, "stream")
     )
@@ -111,16 +94,18 @@ def chat_input(body: Any) -> ChatInput:
 # --- answers ------------------------------------------------------------------------------------
 
 
-class OllamaShape:
-    """Seed 003's answer objects and stream events for one call."""
+class Ollama(Dialect):
+    """Seed 003's generate (`chat=False`) and chat answers and events."""
 
-    def __init__(self, *, model: str, chat: bool) -> None:
-        self.model = model
+    error_format = "seed003"
+
+    def __init__(self, *, chat: bool) -> None:
         self.chat = chat
 
-    def body(self, text: str, *, done: bool, usage: Usage | None = None) -> dict[str, Any]:
+    def body(self, call: Call, text: str, *, done: bool, usage: Usage | None = None) -> dict:
         """Return `{"model", "response", "done"}`, plus Ollama's `message` and token counts."""
-        body: dict[str, Any] = {"model": self.model, "response": text, "done": done}
+        body: dict[str, Any] = {"model": call.chat.model or call.model, "response": text}
+        body["done"] = done
         if self.chat:
             body["message"] = {"role": "assistant", "content": text}
         if usage is not None:
@@ -128,58 +113,22 @@ class OllamaShape:
             body["eval_count"] = usage.completion_tokens
         return body
 
-    def chunk(self, chunk: ChatChunk) -> bytes | None:
-        return event(self.body(chunk.text, done=False)) if chunk.text else None
+    def answer(self, call: Call, result: ChatResult) -> dict[str, Any]:
+        return self.body(call, reply_text(result), done=True, usage=result.usage)
 
-    def end(self, usage: Usage) -> bytes:
-        return event(self.body("", done=True, usage=usage))
+    def chunk(self, writer: Writer, chunk: ChatChunk) -> bytes | None:
+        return event(self.body(writer.call, chunk.text, done=False)) if chunk.text else None
 
-    def failure(self, error: ProviderError) -> bytes:
-        return event(ApiError(error.status_code, error.message, error.code).body("seed003"))
-
-
-class OllamaApi(SeedApi):
-    """Base of seed 003's generate and chat: one answer object, or its SSE events."""
-
-    error_format = "seed003"
-    chat: ClassVar[bool] = False
-
-    def answer(self, request: Request, chat: ChatInput) -> HttpResponseBase:
-        caller = caller_of(request)
-        route = "seed003.chat" if self.chat else "seed003.generate"
-        if chat.stream:
-            stream = chat_stream_open(caller=caller, chat=chat, route=route)
-            shape = OllamaShape(model=chat.model or stream.target.name, chat=self.chat)
-            events = chunk_events(stream, shape.chunk, shape.end, shape.failure, done=None)
-            return sse_response(events, stream.close)
-        target, result = chat_create(caller=caller, chat=chat, route=route)
-        shape = OllamaShape(model=chat.model or target.name, chat=self.chat)
-        return Response(shape.body(reply_text(result), done=True, usage=result.usage))
+    def end(self, writer: Writer, usage: Usage, *, failed: bool) -> bytes | None:
+        return event(self.body(writer.call, "", done=True, usage=usage))
 
 
-class OllamaGenerateApi(OllamaApi):
-    """Seed 003: a completion of `prompt` as `{"model", "response", "done"}`."""
-
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
-    def post(self, request: Request) -> HttpResponseBase:
-        return self.answer(request, generate_input(request.data))
-
-
-class OllamaChatApi(OllamaApi):
-    """Seed 003: a reply to `messages` as `{"model", "response", "message", "done"}`."""
-
-    chat = True
-
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
-    def post(self, request: Request) -> HttpResponseBase:
-        return self.answer(request, chat_input(request.data))
-
-
-class OllamaCompletionsApi(apis.CompletionsApi):
-    """Seed 003: OpenAI's legacy completions, with seed 003's error shape."""
+class OllamaCompletion(TextCompletion):
+    """Seed 003's `/api/v1/completions`: OpenAI's legacy completions with seed 003's errors."""
 
     error_format = "seed003"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
-    def post(self, request: Request) -> HttpResponseBase:
-        return super().post(request)
+
+GENERATE = Ollama(chat=False)
+CHAT = Ollama(chat=True)
+COMPLETION = OllamaCompletion()
