@@ -19,7 +19,7 @@ from django.db import connection
 
 from billing.authentication import ApiKeyInfo
 from billing.selectors import Price, price_for
-from billing.services import credits_hold, credits_release, credits_settle
+from billing.services import credits_hold, credits_release, credits_settle, rows
 from llm_api import pending
 from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatRequest, ProviderError, Usage
@@ -168,7 +168,7 @@ def release_connection() -> None:
 
 
 def usage_record_write(record: dict) -> None:
-    UsageRecord.objects.create(**record)
+    rows.insert(UsageRecord, **record)
 
 
 def settle_write(*, request_id: str, record: dict, **charge: object) -> None:

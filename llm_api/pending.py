@@ -108,12 +108,23 @@ def _retry_soon() -> None:
 
 
 def _retry_loop() -> None:
+    global _thread
     delay = settings.PENDING_RETRY_SECONDS
     while True:
         time.sleep(delay)
         try:
             if drain() == 0:
-                return
+                # Stop only if nothing came meanwhile, deciding under the lock `_retry_soon`
+                # takes: a write journalled after the drain looked, whose `_retry_soon` found
+                # this thread still alive, is seen here; one journalled after this starts a
+                # new thread. (Stopping on drain() == 0 alone left such a write on disk until
+                # the next failure or the next start of the server.)
+                with _thread_lock:
+                    if not waiting():
+                        _thread = None
+                        return
+                delay = settings.PENDING_RETRY_SECONDS
+                continue
         except Exception:  # never let the retrier die with writes waiting
             logger.exception("Retrying queued metering writes failed")
         delay = min(delay * 2, 30.0)

@@ -104,7 +104,12 @@ class MeteredStream:
     def _items(self) -> Iterator[Any]:
         heartbeat = settings.STREAM_HEARTBEAT_SECONDS
         source = iter(self.upstream)
-        items = pumped(source, heartbeat) if heartbeat > 0 else source
+        if heartbeat <= 0:
+            items: Iterator[Any] = source
+        elif self.upstream.ready(0) is None:
+            items = pumped(source, heartbeat)
+        else:
+            items = waited(source, self.upstream, heartbeat)
         try:
             yield from items
         except ProviderError as error:
@@ -131,6 +136,20 @@ class MeteredStream:
             completion_tokens_estimate(self.text_length, self.deltas),
             estimated=True,
         )
+
+
+def waited(source: Iterator[ChatChunk], upstream: ChatStream, heartbeat: float) -> Iterator[Any]:
+    """Yield the source's items, and HEARTBEAT whenever it stays silent for `heartbeat` seconds,
+    in this thread: the upstream says when its next chunk is ready (`ChatStream.ready`)."""
+    while True:
+        if not upstream.ready(heartbeat):
+            yield HEARTBEAT
+            continue
+        try:
+            item = next(source)
+        except StopIteration:
+            return
+        yield item
 
 
 def pumped(source: Iterator[ChatChunk], heartbeat: float) -> Iterator[Any]:

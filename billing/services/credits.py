@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from billing.exceptions import (
@@ -27,6 +27,7 @@ from billing.exceptions import (
 )
 from billing.models import ApiKey, CreditAccount, CreditHold, LedgerEntry
 from billing.money import format_credits, to_micro
+from billing.services import rows
 
 Kind = LedgerEntry.Kind
 HoldStatus = CreditHold.Status
@@ -136,10 +137,9 @@ def credits_refund(
 
 
 def _reserve_on_account(user_id: int, amount: int) -> None:
-    accounts = CreditAccount.objects.filter(pk=user_id)
-    if accounts.filter(balance__gte=F("held") + amount).update(held=F("held") + amount):
+    if rows.execute(rows.sql("reserve_account"), [amount, user_id, amount]):
         return
-    account = accounts.first() or CreditAccount(balance=0, held=0)
+    account = CreditAccount.objects.filter(pk=user_id).first() or CreditAccount(balance=0, held=0)
     raise InsufficientCredits(
         f"Insufficient credits: the balance is {format_credits(account.balance)} credits "
         f"({format_credits(account.held)} held by calls in progress) and this call needs up to "
@@ -148,11 +148,9 @@ def _reserve_on_account(user_id: int, amount: int) -> None:
 
 
 def _reserve_on_key(api_key_id: int, amount: int) -> None:
-    keys = ApiKey.objects.filter(pk=api_key_id)
-    within_cap = Q(spend_cap__isnull=True) | Q(spend_cap__gte=F("spent") + F("held") + amount)
-    if keys.filter(within_cap).update(held=F("held") + amount):
+    if rows.execute(rows.sql("reserve_key"), [amount, api_key_id, amount]):
         return
-    api_key = keys.first()
+    api_key = ApiKey.objects.filter(pk=api_key_id).first()
     if api_key is None:
         raise SpendCapExceeded("This API key no longer exists.")
     raise SpendCapExceeded(
@@ -173,19 +171,22 @@ def credits_hold(
     """
     _require_int(amount, "amount")
     _holds_expire_if_due()
-    expires_at = timezone.now() + timedelta(seconds=settings.HOLD_TTL_SECONDS)
+    now = timezone.now()
     try:
         with ledger_write():
             _reserve_on_account(user_id, amount)
             if api_key_id is not None:
                 _reserve_on_key(api_key_id, amount)
-            CreditHold.objects.create(
+            rows.insert(
+                CreditHold,
                 request_id=request_id,
                 account_id=user_id,
                 api_key_id=api_key_id,
                 model=model,
                 amount=amount,
-                expires_at=expires_at,
+                status=HoldStatus.HELD,
+                created_at=now,
+                expires_at=now + timedelta(seconds=settings.HOLD_TTL_SECONDS),
             )
     except IntegrityError as error:
         raise DuplicateRequestId(f"Credits are already held for request {request_id}.") from error
@@ -222,16 +223,14 @@ def _unhold(hold: CreditHold) -> None:
 def _charge_account(account_id: int, cost: int, released: int) -> int:
     """Release `released` of the account's held credits and take `cost` from the balance, or
     all that is left if it is less; return what was taken."""
-    accounts = CreditAccount.objects.filter(pk=account_id)
-    release = F("held") - released
-    if accounts.filter(balance__gte=release + cost).update(
-        balance=F("balance") - cost, held=release
-    ):
+    charge = rows.sql("charge_account")
+    if rows.execute(charge, [cost, released, account_id, released, cost]):
         return cost
     # The cost exceeds the hold and what else is available: lock the row for this write only.
+    accounts = CreditAccount.objects.filter(pk=account_id)
     account = accounts.select_for_update().get()
     charged = min(cost, account.balance - account.held + released)
-    accounts.update(balance=F("balance") - charged, held=release)
+    accounts.update(balance=F("balance") - charged, held=F("held") - released)
     return charged
 
 
@@ -256,34 +255,31 @@ def credits_settle(
     _require_int(cost, "cost")
     _require_int(prompt_tokens, "prompt_tokens")
     _require_int(completion_tokens, "completion_tokens")
+    now = timezone.now()
     with ledger_write():
         # Read and claim in one transaction: a sweep in between cannot release it unpaid.
-        hold = (
-            CreditHold.objects.filter(
-                request_id=request_id, status__in=[HoldStatus.HELD, HoldStatus.EXPIRED]
-            )
-            .only("pk", "status", "amount", "account_id", "api_key_id", "model")
-            .first()
+        hold = rows.fetch_one(
+            rows.sql("hold_open"), [request_id, HoldStatus.HELD, HoldStatus.EXPIRED]
         )
         if hold is None:
             return None
-        claimed = CreditHold.objects.filter(pk=hold.pk, status=hold.status)
-        if not claimed.update(status=HoldStatus.SETTLED, closed_at=timezone.now()):
+        hold_id, status, amount, account_id, api_key_id, model = hold
+        claim = [HoldStatus.SETTLED, _db_datetime(now), hold_id, status]
+        if not rows.execute(rows.sql("hold_claim"), claim):
             return None
         # An expired hold's credits were already released by the sweep: release nothing twice.
-        released = hold.amount if hold.status == HoldStatus.HELD else 0
-        charged = _charge_account(hold.account_id, cost, released)
-        if hold.api_key_id:
-            ApiKey.objects.filter(pk=hold.api_key_id).update(
-                held=F("held") - released, spent=F("spent") + charged
-            )
+        released = amount if status == HoldStatus.HELD else 0
+        charged = _charge_account(account_id, cost, released)
+        if api_key_id:
+            rows.execute(rows.sql("charge_key"), [released, charged, api_key_id])
         entry = LedgerEntry.objects.create(
-            account_id=hold.account_id,
+            account_id=account_id,
             kind=Kind.USAGE,
             amount=-charged,
+            created_at=now,
             request_id=request_id,
-            api_key_id=hold.api_key_id,
-            model=hold.model,
+            api_key_id=api_key_id,
+            model=model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             estimated=estimated,
@@ -292,6 +288,10 @@ def credits_settle(
         if record is not None:
             record()
         return entry
+
+
+def _db_datetime(value: datetime) -> object:
+    return CreditHold._meta.get_field("closed_at").get_db_prep_save(value, connection)
 
 
 def _shortfall_note(cost: int, charged: int) -> str:

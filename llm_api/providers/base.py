@@ -142,6 +142,12 @@ class ChatStream:
     def close(self) -> None:
         raise NotImplementedError
 
+    def ready(self, timeout: float) -> bool | None:
+        """Return whether the next chunk can be read without waiting, after waiting up to
+        `timeout` seconds for it; None when the stream cannot tell (the gateway then reads it
+        from a helper thread, to keep speaking to the client while the upstream is silent)."""
+        return None
+
     def __enter__(self) -> ChatStream:
         return self
 

@@ -1,0 +1,299 @@
+"""A small HTTP/1.1 client for the hot path: one chat call, whole or as Server-Sent Events.
+
+Why not httpx (which the SDKs use): per streamed chunk, httpx, httpcore and h11 run a few
+layers of pure Python, and their buffering hides whether the next event is already in memory,
+so a stream could only send keep-alives while the upstream is silent by reading in a second
+thread. Here the gateway owns the buffer: `ready(timeout)` says exactly whether the next event
+can be read without waiting, so the server's own thread reads the upstream and speaks during
+silence, and a chunk costs a `recv` and a split. Connections are kept alive in a small pool
+per upstream; TLS through `ssl`. Proxies are not spoken: a provider behind one uses its SDK's
+client instead (`direct_allowed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+READ_SIZE = 65536
+MAX_HEADER_BYTES = 65536
+
+
+class WireError(Exception):
+    """The connection failed or the peer broke the protocol (before or during the body)."""
+
+
+class WireTimeout(WireError):
+    """The peer did not answer within the timeout."""
+
+
+class WireConnectError(WireError):
+    """No connection could be made."""
+
+
+def direct_allowed(url: str) -> bool:
+    """Return whether calls to `url` may go straight to it (no proxy configured for it)."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    if not proxies.get(parts.scheme) and not proxies.get("all"):
+        return True
+    return bool(proxy_bypass(parts.hostname or ""))
+
+
+class Upstream:
+    """One upstream origin (scheme, host, port) and its idle keep-alive connections."""
+
+    def __init__(self, base_url: str, *, timeout: float, max_idle: int = 64) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.host_header = parts.netloc.rpartition("@")[2]
+        self.timeout = timeout
+        self._idle: list[socket.socket] = []
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._tls_context = ssl.create_default_context() if self.tls else None
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> Response:
+        """Send a POST and return the response once its status and headers have arrived."""
+        head = self._head(path, body, headers)
+        for attempt in range(2):
+            sock, reused = self._connection(fresh=attempt > 0)
+            try:
+                sock.sendall(head + body)
+                return Response(self, sock)._read_head()
+            except (OSError, WireError) as error:
+                _close(sock)
+                # A kept-alive connection the upstream had closed meanwhile: once more, fresh.
+                if reused and attempt == 0 and not isinstance(error, TimeoutError | WireTimeout):
+                    continue
+                raise _wire_error(error) from error
+        raise WireError("unreachable")  # pragma: no cover
+
+    def _head(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+        lines = [
+            f"POST {self.base_path}{path} HTTP/1.1",
+            f"Host: {self.host_header}",
+            f"Content-Length: {len(body)}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _connection(self, *, fresh: bool = False) -> tuple[socket.socket, bool]:
+        with self._lock:
+            if self._idle and not fresh:
+                return self._idle.pop(), True
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as error:
+            raise WireConnectError(str(error)) from error
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls_context is not None:
+            sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+        return sock, False
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(sock)
+                return
+        _close(sock)
+
+
+class Response:
+    """An upstream answer being read: status, headers, then the body (whole or as events)."""
+
+    def __init__(self, upstream: Upstream, sock: socket.socket) -> None:
+        self.upstream = upstream
+        self.sock: socket.socket | None = sock
+        self.buffer = bytearray()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.complete = False
+        self._chunked = False
+        self._remaining: int | None = None  # body bytes still to come, when Content-Length
+        self._chunk_left = 0  # bytes left in the current chunk, when chunked
+        self._body = bytearray()  # decoded body bytes not yet handed out
+        self._keep_alive = True
+
+    # --- reading the head -------------------------------------------------------------------
+
+    def _read_head(self) -> Response:
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if len(self.buffer) > MAX_HEADER_BYTES:
+                raise WireError("the upstream's headers are too large")
+            self._fill()
+        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        del self.buffer[: end + 4]
+        try:
+            version, status, *_ = head[0].split(" ", 2)
+            self.status = int(status)
+        except ValueError as error:
+            raise WireError("the upstream's status line is malformed") from error
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        if not self._chunked and "content-length" in self.headers:
+            self._remaining = int(self.headers["content-length"])
+        connection = self.headers.get("connection", "").lower()
+        self._keep_alive = version == "HTTP/1.1" and connection != "close"
+        self._keep_alive &= self._chunked or self._remaining is not None
+        self._decode()
+        return self
+
+    # --- the body ---------------------------------------------------------------------------
+
+    def read(self) -> bytes:
+        """Return the whole body (then the connection goes back to the pool)."""
+        while not self.complete:
+            self._fill()
+            self._decode()
+        body = bytes(self._body)
+        self._body.clear()
+        self.close()
+        return body
+
+    def events(self) -> Iterator[bytes]:
+        """Yield the data of each Server-Sent Event as it arrives (multi-line data joined)."""
+        data: list[bytes] = []
+        while True:
+            line = self._line()
+            if line is None:
+                if self.complete:
+                    break
+                self._fill()
+                self._decode()
+                continue
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+        if data:
+            yield b"\n".join(data)
+        self.close()
+
+    def ready(self, timeout: float) -> bool:
+        """Return whether the next event (or the end) can be read without waiting, waiting up
+        to `timeout` seconds for the upstream to send something."""
+        if self.complete or b"\n\n" in self._body or b"\r\n\r\n" in self._body:
+            return True
+        sock = self.sock
+        if sock is None:
+            return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], timeout)
+        except (OSError, ValueError):
+            return True  # closed meanwhile: the read will say so
+        return bool(readable)
+
+    def close(self) -> None:
+        """Give a fully read connection back to the pool; cut any other at once."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if self.complete and self._keep_alive and not self.buffer:
+            self.upstream._keep(sock)
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        _close(sock)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _line(self) -> bytes | None:
+        end = self._body.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._body[:end]).rstrip(b"\r")
+        del self._body[: end + 1]
+        return line
+
+    def _fill(self) -> None:
+        sock = self.sock
+        if sock is None:
+            raise WireError("the connection was closed")
+        try:
+            data = sock.recv(READ_SIZE)
+        except TimeoutError as error:
+            raise WireTimeout("the upstream did not answer in time") from error
+        except OSError as error:
+            raise WireError(str(error)) from error
+        if not data:
+            if self.status and not self._chunked and self._remaining is None:
+                self.complete = True  # a body delimited by the end of the connection
+                self._keep_alive = False
+                return
+            raise WireError("the upstream closed the connection mid-answer")
+        self.buffer += data
+
+    def _decode(self) -> None:
+        """Move what the buffer holds of the body into `_body`, decoding chunked encoding."""
+        if not self._chunked:
+            take = len(self.buffer)
+            if self._remaining is not None:
+                take = min(take, self._remaining)
+            self._body += self.buffer[:take]
+            del self.buffer[:take]
+            if self._remaining is not None:
+                self._remaining -= take
+                self.complete = self._remaining == 0
+            return
+        while self.buffer and not self.complete:
+            if self._chunk_left > 0:
+                take = min(self._chunk_left, len(self.buffer))
+                self._body += self.buffer[:take]
+                del self.buffer[:take]
+                self._chunk_left -= take
+                if self._chunk_left:
+                    return
+                self._chunk_left = -1  # then the CRLF that ends the chunk's data
+            if self._chunk_left < 0:
+                if len(self.buffer) < 2:
+                    return
+                del self.buffer[:2]
+                self._chunk_left = 0
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            try:
+                size = int(bytes(self.buffer[:end]).split(b";")[0], 16)
+            except ValueError as error:
+                raise WireError("the upstream's chunked encoding is malformed") from error
+            if size == 0:
+                # The last chunk: wait for the (empty) trailer's CRLF, then the body is done.
+                trailer = self.buffer.find(b"\r\n\r\n", end)
+                if trailer < 0:
+                    return
+                del self.buffer[: trailer + 4]
+                self.complete = True
+                return
+            del self.buffer[: end + 2]
+            self._chunk_left = size
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _wire_error(error: BaseException) -> WireError:
+    if isinstance(error, WireError):
+        return error
+    if isinstance(error, TimeoutError):
+        return WireTimeout(str(error))
+    return WireError(str(error))
