@@ -47,7 +47,11 @@ def write(kind: str, **arguments: Any) -> bool:
         logger.warning("A %s could not be written now (%s); it is queued for retry.", kind, error)
     finally:
         _connection_done()
-    _journal(kind, arguments)
+    try:
+        _journal(kind, arguments)
+    except OSError:
+        logger.exception("A %s could not be queued either; it is lost: %s", kind, arguments)
+        return False
     _retry_soon()
     return False
 
