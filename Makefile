@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen
 # bytecode (PYTHONDONTWRITEBYTECODE, a read-only install), which takes seconds.
 SYNC := $(UV) sync --frozen --compile-bytecode
 
-.PHONY: uv install install-local install-dev migrate run serve dev test lint format
+.PHONY: uv install install-local install-dev migrate run serve dev test lint format bench
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -49,3 +49,6 @@ format:
 
 test: install-dev lint
 	$(RUN) pytest
+
+bench: install  ## the gateway vs its fake upstream, ledger checked (BENCH_QUICK=1, BENCH_BACKENDS=sqlite: see README)
+	$(RUN) python bench/run.py
