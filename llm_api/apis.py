@@ -275,7 +275,7 @@ class OllamaCompletionsApi(LlmApi):
     """Seed 003: OpenAI's legacy completions, with seed 003's error shape."""
 
     dialect = seed003.COMPLETION
-    route = "completions"
+    route = "seed003.completions"
 
     @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
     def post(self, request: Request) -> HttpResponseBase:

@@ -1,5 +1,6 @@
 """WSGI entry point, served by the production server (granian, WSGI mode) and runserver."""
 
+import gc
 import os
 
 from django.core.wsgi import get_wsgi_application
@@ -21,6 +22,9 @@ def warm_up() -> None:
     providers.warm_up()
     # Writes a process that died left queued are retried by the next one to start.
     pending.resume()
+    # What start-up loaded stays for the process's life: keep the garbage collector from
+    # walking it again on every full collection (measured: 10 % of a request's CPU).
+    gc.freeze()
 
 
 warm_up()

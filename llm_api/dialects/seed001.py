@@ -51,7 +51,8 @@ def form_value(name: str, value: str) -> Any:
     """Return a form field's text as the type its JSON twin has (a number, an object)."""
     try:
         if name in FLOATS:
-            return float(value)
+            # "5" stays 5, so a refusal quotes the value as the JSON routes quote theirs.
+            return int(value) if value.strip().lstrip("-").isdigit() else float(value)
         if name in INTEGERS:
             return int(value)
     except ValueError:

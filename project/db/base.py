@@ -30,8 +30,11 @@ _pools_lock = threading.Lock()
 
 
 def _pool(name: str) -> _Pool:
-    with _pools_lock:
-        return _pools.setdefault(name, _Pool())
+    pool = _pools.get(name)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.setdefault(name, _Pool())
+    return pool
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
