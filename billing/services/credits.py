@@ -272,22 +272,23 @@ def credits_settle(
         charged = _charge_account(account_id, cost, released)
         if api_key_id:
             rows.execute(rows.sql("charge_key"), [released, charged, api_key_id])
-        entry = LedgerEntry.objects.create(
-            account_id=account_id,
-            kind=Kind.USAGE,
-            amount=-charged,
-            created_at=now,
-            request_id=request_id,
-            api_key_id=api_key_id,
-            model=model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            estimated=estimated,
-            note=_shortfall_note(cost, charged),
-        )
+        entry = {
+            "account_id": account_id,
+            "kind": Kind.USAGE,
+            "amount": -charged,
+            "created_at": now,
+            "request_id": request_id,
+            "api_key_id": api_key_id,
+            "model": model,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "estimated": estimated,
+            "note": _shortfall_note(cost, charged),
+        }
+        pk = rows.insert(LedgerEntry, **entry)
         if record is not None:
             record()
-        return entry
+        return rows.saved(LedgerEntry, pk, **entry)
 
 
 def _db_datetime(value: datetime) -> object:

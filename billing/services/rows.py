@@ -10,12 +10,14 @@ statements are built as strings: no value a client sends is ever part of them).
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection, models
 from django.utils import timezone
 
 from billing.models import ApiKey, CreditAccount, CreditHold
+
+M = TypeVar("M", bound=models.Model)
 
 
 def execute(sql: str, params: list[Any]) -> int:
@@ -73,9 +75,10 @@ def _insert_statement(model: type[models.Model], vendor: str) -> tuple[str, tupl
     return f"INSERT INTO {_table(model)} ({columns}) VALUES ({placeholders})", fields
 
 
-def insert(model: type[models.Model], /, **values: Any) -> None:
-    """Insert one row of `model`: `values` by attribute name (`account_id`), defaults for the
-    rest, `auto_now_add` dates set now; each value prepared as the ORM would for a save."""
+def insert(model: type[models.Model], /, **values: Any) -> int:
+    """Insert one row of `model` and return its primary key: `values` by attribute name
+    (`account_id`), defaults for the rest, `auto_now_add` dates set now; each value prepared
+    as the ORM would for a save."""
     statement, fields = _insert_statement(model, connection.vendor)
     now = timezone.now()
     params = []
@@ -87,4 +90,17 @@ def insert(model: type[models.Model], /, **values: Any) -> None:
         else:
             value = field.get_default()
         params.append(field.get_db_prep_save(value, connection))
-    execute(statement, params)
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:
+            cursor.execute(f"{statement} RETURNING {_column(model, 'id')}", params)
+            return cursor.fetchone()[0]
+        cursor.execute(statement, params)
+        return cursor.lastrowid
+
+
+def saved(model: type[M], pk: int, /, **values: Any) -> M:
+    """Return the instance of a row just inserted with `insert`, as if the ORM had saved it."""
+    instance = model(pk=pk, **values)
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance

@@ -17,12 +17,14 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 READ_SIZE = 65536
 MAX_HEADER_BYTES = 65536
+HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class WireError(Exception):
@@ -72,7 +74,7 @@ class Upstream:
             try:
                 sock.sendall(head + body)
                 return Response(self, sock)._read_head()
-            except (OSError, WireError) as error:
+            except (OSError, ValueError, WireError) as error:
                 _close(sock)
                 # A kept-alive connection the upstream had closed meanwhile: once more, fresh.
                 if reused and attempt == 0 and not isinstance(error, TimeoutError | WireTimeout):
@@ -129,6 +131,25 @@ class Response:
     # --- reading the head -------------------------------------------------------------------
 
     def _read_head(self) -> Response:
+        version = self._status_line()
+        # Interim answers (100 Continue, 103 Early Hints) come before the real one: skip them.
+        while 100 <= self.status < 200:
+            self.headers.clear()
+            version = self._status_line()
+        self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        if not self._chunked and "content-length" in self.headers:
+            length = self.headers["content-length"]
+            if not length.isdigit():
+                raise WireError(f"the upstream sent a malformed Content-Length: {length!r}")
+            self._remaining = int(length)
+        connection = self.headers.get("connection", "").lower()
+        self._keep_alive = version == "HTTP/1.1" and connection != "close"
+        self._keep_alive &= self._chunked or self._remaining is not None
+        self._decode()
+        return self
+
+    def _status_line(self) -> str:
+        """Read one status line and its headers; return the HTTP version."""
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             if len(self.buffer) > MAX_HEADER_BYTES:
                 raise WireError("the upstream's headers are too large")
@@ -143,14 +164,7 @@ class Response:
         for line in head[1:]:
             name, _, value = line.partition(":")
             self.headers[name.strip().lower()] = value.strip()
-        self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
-        if not self._chunked and "content-length" in self.headers:
-            self._remaining = int(self.headers["content-length"])
-        connection = self.headers.get("connection", "").lower()
-        self._keep_alive = version == "HTTP/1.1" and connection != "close"
-        self._keep_alive &= self._chunked or self._remaining is not None
-        self._decode()
-        return self
+        return version
 
     # --- the body ---------------------------------------------------------------------------
 
@@ -187,19 +201,25 @@ class Response:
 
     def ready(self, timeout: float) -> bool:
         """Return whether the next event (or the end) can be read without waiting, waiting up
-        to `timeout` seconds for the upstream to send something."""
-        if self.complete or b"\n\n" in self._body or b"\r\n\r\n" in self._body:
-            return True
-        sock = self.sock
-        if sock is None:
-            return True
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        try:
-            readable, _, _ = select.select([sock], [], [], timeout)
-        except (OSError, ValueError):
-            return True  # closed meanwhile: the read will say so
-        return bool(readable)
+        to `timeout` seconds for the upstream to send the rest of it."""
+        deadline = time.monotonic() + timeout
+        while not (self.complete or b"\n\n" in self._body or b"\r\n\r\n" in self._body):
+            sock = self.sock
+            if sock is None:
+                return True
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            try:
+                readable = pending or select.select([sock], [], [], deadline - time.monotonic())[0]
+            except (OSError, ValueError):
+                return True  # closed meanwhile: the read will say so
+            if not readable:
+                return False
+            try:
+                self._fill()
+                self._decode()
+            except WireError:
+                return True  # the read will raise it again
+        return True
 
     def close(self) -> None:
         """Give a fully read connection back to the pool; cut any other at once."""
@@ -265,15 +285,17 @@ class Response:
             if self._chunk_left < 0:
                 if len(self.buffer) < 2:
                     return
+                if self.buffer[:2] != b"\r\n":
+                    raise WireError("a chunk of the upstream's answer is longer than it said")
                 del self.buffer[:2]
                 self._chunk_left = 0
             end = self.buffer.find(b"\r\n")
             if end < 0:
                 return
-            try:
-                size = int(bytes(self.buffer[:end]).split(b";")[0], 16)
-            except ValueError as error:
-                raise WireError("the upstream's chunked encoding is malformed") from error
+            digits = bytes(self.buffer[:end]).split(b";")[0].strip()
+            if not digits or digits.strip(HEX_DIGITS):
+                raise WireError("the upstream's chunked encoding is malformed")
+            size = int(digits, 16)
             if size == 0:
                 # The last chunk: wait for the (empty) trailer's CRLF, then the body is done.
                 trailer = self.buffer.find(b"\r\n\r\n", end)
