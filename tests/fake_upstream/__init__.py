@@ -7,6 +7,16 @@ then look at what it received:
     fake_upstream.behave(text="Hi", chunk_delay=0.05, drop_after=2)
     ...
     assert fake_upstream.last.body["temperature"] == 0.2
+
+To prove that something streams, don't time it: stream in lock-step. The fake then sends piece
+k + 1 only after the test has seen piece k (wherever it reads it) and said so:
+
+    gate = fake_upstream.behave(chunks=["a", "b"], lockstep=True).gate
+    ...  # read piece k, then
+    assert gate.holding(k), gate.describe()  # piece k + 1 has not been sent yet
+    gate.release()
+
+(see tests/fake_upstream/lockstep.py; a test that never releases fails after 30 s, not hangs).
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ from typing import Any
 
 import pytest
 
+from tests.fake_upstream.lockstep import Gate
 from tests.fake_upstream.server import FakeUpstream, closed_port_url, wait_until
 from tests.fake_upstream.wires import Behaviour, RecordedRequest
 
 __all__ = [
     "Behaviour",
     "FakeUpstream",
+    "Gate",
     "RecordedRequest",
     "closed_port_url",
     "fake_upstream",

@@ -1,7 +1,8 @@
 """The fake upstream's HTTP server: a real socket, one thread per connection.
 
 Streams use chunked transfer encoding and flush every event, so a connection dropped mid-body
-is an error the client can see, and a client that hangs up is noticed (`stream_closed_early`).
+is an error the client can see, and a client that hangs up is noticed (`stream_closed_early`),
+also while a lock-step stream waits for the test's go-ahead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.fake_upstream.lockstep import Gate
 from tests.fake_upstream.wires import (
     Behaviour,
     GeminiWire,
@@ -150,6 +152,10 @@ class FakeUpstream:
     def sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -219,7 +225,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_stream(self, reply: StreamReply) -> None:
-        behaviour, fake = self.upstream.behaviour, self.upstream
+        behaviour = self.upstream.behaviour
+        try:
+            self._send_events(reply, behaviour)
+        finally:
+            behaviour.gate.finished()
+
+    def _send_events(self, reply: StreamReply, behaviour: Behaviour) -> None:
+        fake, gate = self.upstream, behaviour.gate
+        # Lock-step: the event that starts step k (k >= 1) waits for the test's k-th go-ahead.
+        steps = reply.steps() if behaviour.lockstep else {}
         self.send_response(200)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Transfer-Encoding", "chunked")
@@ -229,12 +244,29 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
             if count:
                 fake.sleep(behaviour.chunk_delay)
+            if count in steps and not self._wait_turn(gate, steps[count]):
+                return None
             if not self._write_chunk(event):
                 self.close_connection = True
                 fake.stream_closed_early.set()
                 return None
+        end = len(reply.events)
+        if end in steps and not self._wait_turn(gate, steps[end]):
+            return None
         self._write_chunk(b"")
         return None
+
+    def _wait_turn(self, gate: Gate, step: int) -> bool:
+        """Wait for the test to let step `step` go; on False the stream has been ended."""
+        fake = self.upstream
+        if gate.wait_turn(step, hung_up=lambda: fake.stopping or self._peer_closed()):
+            return True
+        self.close_connection = True
+        if gate.abandoned:
+            fake.stream_closed_early.set()
+        else:  # it waited too long: end mid-body, which the client sees as an error
+            self._drop()
+        return False
 
     def _write_chunk(self, data: bytes) -> bool:
         """Write one chunk and flush it; return False when the client has hung up."""

@@ -1,7 +1,8 @@
 """The three wire protocols the fake upstream speaks, and the behaviour knobs they obey.
 
 Each wire turns a `Behaviour` and a request body into a reply: one JSON answer, or a stream of
-already framed events (SSE for OpenAI and Gemini, NDJSON for Ollama).
+already framed events (SSE for OpenAI and Gemini, NDJSON for Ollama) that says which events
+carry the pieces of text (the steps of a lock-step stream, see `tests.fake_upstream.lockstep`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.fake_upstream.lockstep import Gate
+
 
 @dataclass
 class Behaviour:
@@ -21,6 +24,11 @@ class Behaviour:
     text: str = "Hello there"
     chunks: list[str] | None = None  # stream pieces; default: `text` cut into about 10
     chunk_delay: float = 0.0  # seconds between stream events
+    # Lock-step streams: piece k + 1 is sent only after `gate.release()` was called k + 1
+    # times, the end of the stream after one more; a wait longer than `lockstep_timeout`
+    # seconds ends the stream mid-body (see tests/fake_upstream/lockstep.py).
+    lockstep: bool = False
+    lockstep_timeout: float = 30.0
     delay: float = 0.0  # seconds before the status line and headers
     status: int = 200
     error_body: Any = None  # replaces the protocol's own error body when status != 200
@@ -34,6 +42,10 @@ class Behaviour:
     tool_calls: list[dict[str, Any]] | None = None  # [{"id", "name", "arguments": json str}]
     embedding: list[float] = field(default_factory=lambda: [0.25, -0.5, 1.0])
     models: list[str] = field(default_factory=lambda: ["fake-model-a", "fake-model-b"])
+    gate: Gate = field(init=False, repr=False)  # the test's side of a lock-step stream
+
+    def __post_init__(self) -> None:
+        self.gate = Gate(self.lockstep_timeout)
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -66,6 +78,17 @@ class JsonReply:
 class StreamReply:
     events: list[bytes]
     content_type: str = "text/event-stream"
+    # The index in `events` of the event carrying each piece of text, in order; default: one
+    # piece per event.
+    pieces_at: list[int] | None = None
+
+    def steps(self) -> dict[int, int]:
+        """Return the lock-step steps as {index of the event that starts it: step}: step k < n
+        is piece k, step n what follows the last piece (at `len(events)`: the end of the body).
+        """
+        points = list(self.pieces_at if self.pieces_at is not None else range(len(self.events)))
+        points.append(points[-1] + 1 if points else 0)
+        return {point: step for step, point in enumerate(points)}
 
 
 Reply = JsonReply | StreamReply
@@ -81,7 +104,8 @@ class OpenAIWire:
     def chat(self, b: Behaviour, body: dict[str, Any]) -> Reply:
         n = body.get("n") or 1
         if body.get("stream"):
-            return StreamReply(self._chat_events(b, body, n))
+            events, pieces_at = self._chat_events(b, body, n)
+            return StreamReply(events, pieces_at=pieces_at)
         message: dict[str, Any] = {"role": "assistant", "content": b.text}
         if b.tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": self._tools(b)}
@@ -96,9 +120,11 @@ class OpenAIWire:
                 _sse(self._envelope(b, body, "text_completion", [self._text(p, None)], None))
                 for p in b.pieces()
             ]
+            pieces_at = list(range(len(events)))
             last = self._text("", b.finish_reason)
             events.append(_sse(self._envelope(b, body, "text_completion", [last], None)))
-            return StreamReply(self._with_usage(b, body, events, "text_completion"))
+            events = self._with_usage(b, body, events, "text_completion")
+            return StreamReply(events, pieces_at=pieces_at)
         choices = [self._text(b.text, b.finish_reason)]
         return JsonReply(self._envelope(b, body, "text_completion", choices, 1))
 
@@ -123,17 +149,22 @@ class OpenAIWire:
     def not_found(self, model: str) -> dict[str, Any]:
         return self.error(404, f"The model `{model}` does not exist.", "model_not_found")
 
-    def _chat_events(self, b: Behaviour, body: dict[str, Any], n: int) -> list[bytes]:
+    def _chat_events(
+        self, b: Behaviour, body: dict[str, Any], n: int
+    ) -> tuple[list[bytes], list[int]]:
+        """Return the events and the indexes of those carrying the pieces of text."""
+
         def chunk(delta: dict[str, Any], index: int, finish: str | None) -> bytes:
             choice = {"index": index, "delta": delta, "finish_reason": finish}
             return _sse(self._envelope(b, body, "chat.completion.chunk", [choice], None))
 
-        events = []
+        events, pieces_at = [], []
         for i in range(n):
             if b.tool_calls:
                 tools = [{"index": k, **t} for k, t in enumerate(self._tools(b))]
                 events.append(chunk({"role": "assistant", "tool_calls": tools}, i, None))
             for k, piece in enumerate(b.pieces()):
+                pieces_at.append(len(events))
                 events.append(
                     chunk(
                         {"role": "assistant", "content": piece} if k == 0 else {"content": piece},
@@ -142,7 +173,8 @@ class OpenAIWire:
                     )
                 )
             events.append(chunk({}, i, self._finish(b)))
-        return self._with_usage(b, body, events, "chat.completion.chunk")
+        events = self._with_usage(b, body, events, "chat.completion.chunk")
+        return events, pieces_at
 
     def _with_usage(self, b: Behaviour, body: dict, events: list[bytes], obj: str) -> list[bytes]:
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
@@ -255,8 +287,9 @@ class OllamaWire:
     def chat(self, b: Behaviour, body: dict[str, Any]) -> Reply:
         if body.get("stream", True):
             events = [self._line(self._message(b, body, p, done=False)) for p in b.pieces()]
+            pieces_at = list(range(len(events)))
             events.append(self._line(self._message(b, body, "", done=True)))
-            return StreamReply(events, "application/x-ndjson")
+            return StreamReply(events, "application/x-ndjson", pieces_at)
         return JsonReply(self._message(b, body, b.text, done=True))
 
     def embed(self, b: Behaviour, body: dict[str, Any]) -> Reply:

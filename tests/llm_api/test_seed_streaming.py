@@ -1,21 +1,19 @@
-"""The seed streams stream: on a live server, the first event arrives long before the last.
+"""The seed streams stream: on a live server, each event comes out while the upstream still
+holds the next one back.
 
 The Django test client cannot tell a streamed body from a buffered one (DESIGN.md, "the
-streaming trap"); a real server and a slow upstream can.
+streaming trap"); a real server and an upstream that streams in lock-step with the test can,
+without timing anything (tests/fake_upstream/lockstep.py).
 """
-
-import time
 
 import httpx2
 import pytest
 
 from billing.services import api_key_create
+from tests.fake_upstream.lockstep import read_in_lockstep
 from tests.llm_api.seed_support import image_bytes
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("upstream_providers"),
-]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 HI = [{"role": "user", "content": "Hi"}]
 STREAMS = {
@@ -28,26 +26,28 @@ STREAMS = {
     "/api/v1/chat": {"json": {"messages": HI, "stream": True}},
     "/api/v1/completions": {"json": {"prompt": "Hi", "stream": True}},
 }
+PIECES = [f"piece{k} " for k in range(6)]  # words found nowhere else in an event
 
 
 @pytest.mark.parametrize("path", STREAMS)
-def test_the_first_event_arrives_before_the_upstream_is_done(
+def test_each_event_comes_out_before_the_upstream_sends_the_next(
     path, live_server, alice, fake_upstream, settings
 ):
+    # A long read timeout: the upstream is silent between pieces until we have read one (and
+    # in a failing run, its own lock-step wait of 30 s should end first).
+    settings.LLM_PROVIDERS = fake_upstream.llm_providers(timeout=60)
     settings.TEXT_MODEL = "openai/gpt-4o-mini"
     settings.IMAGE_MODEL = "openai/gpt-4o"
-    fake_upstream.behave(chunks=list("abcdef"), chunk_delay=0.5)
+    # The fake sends piece k + 1 only once we have read piece k from the server: buffered, the
+    # first event could never come before the upstream gave up waiting (30 s), and this fails.
+    gate = fake_upstream.behave(chunks=PIECES, lockstep=True).gate
     key = api_key_create(user=alice, name="stream")[1]
-    started = time.monotonic()
     with httpx2.stream(
-        "POST", live_server.url + path, headers={"X-API-Key": key}, timeout=10, **STREAMS[path]
+        "POST", live_server.url + path, headers={"X-API-Key": key}, timeout=90, **STREAMS[path]
     ) as response:
         assert response.status_code == 200
-        lines = response.iter_lines()
-        first = next(line for line in lines if line.startswith("data: "))
-        first_at = time.monotonic() - started
-        rest = [line for line in lines if line.startswith("data: ")]
-    total = time.monotonic() - started
-    # Buffered, the first event would come with the last, 2.5 s of upstream pauses in.
-    assert total - first_at >= 2.0, (first_at, total)
-    assert first and rest
+        lines = read_in_lockstep(response.iter_lines(), gate, PIECES)
+
+    events = [line for line in lines if line.startswith("data: ")]
+    assert len(events) > len(PIECES)  # the pieces, then how the route ends its stream
+    assert gate.over.wait(10) and not gate.expired, gate.describe()
