@@ -257,18 +257,22 @@ def credits_settle(
     _require_int(completion_tokens, "completion_tokens")
     now = timezone.now()
     with ledger_write():
-        # Read and claim in one transaction: a sweep in between cannot release it unpaid.
-        hold = rows.fetch_one(
-            rows.sql("hold_open"), [request_id, HoldStatus.HELD, HoldStatus.EXPIRED]
+        # Claim and read in one statement: a sweep in between cannot release it unpaid. A
+        # hold that expired while its request still ran is charged too; its credits were
+        # released by the sweep already, so none are released twice.
+        closed_at = _db_datetime(now)
+        was_held = True
+        claimed = rows.fetch_one(
+            rows.sql("hold_claim"), [HoldStatus.SETTLED, closed_at, request_id, HoldStatus.HELD]
         )
-        if hold is None:
+        if claimed is None:
+            was_held = False
+            claim = [HoldStatus.SETTLED, closed_at, request_id, HoldStatus.EXPIRED]
+            claimed = rows.fetch_one(rows.sql("hold_claim"), claim)
+        if claimed is None:
             return None
-        hold_id, status, amount, account_id, api_key_id, model = hold
-        claim = [HoldStatus.SETTLED, _db_datetime(now), hold_id, status]
-        if not rows.execute(rows.sql("hold_claim"), claim):
-            return None
-        # An expired hold's credits were already released by the sweep: release nothing twice.
-        released = amount if status == HoldStatus.HELD else 0
+        amount, account_id, api_key_id, model = claimed
+        released = amount if was_held else 0
         charged = _charge_account(account_id, cost, released)
         if api_key_id:
             rows.execute(rows.sql("charge_key"), [released, charged, api_key_id])

@@ -18,19 +18,41 @@ from django.utils import timezone
 from billing.models import ApiKey, CreditAccount, CreditHold
 
 M = TypeVar("M", bound=models.Model)
+PLAIN = frozenset({int, str, bool, type(None)})
 
 
-def execute(sql: str, params: list[Any]) -> int:
+def run(statement: str, params: list[Any]) -> Any:
+    """Run one statement on the driver's connection and return the driver's cursor.
+
+    Straight to the driver: Django's cursor wrapper (debug hooks, placeholder conversion)
+    costs more than the statement. The transaction is still Django's (`ledger_write`), and a
+    driver error still becomes Django's (IntegrityError, OperationalError…).
+    """
+    if connection.queries_logged or connection.execute_wrappers:
+        # Someone is watching the queries (DEBUG, a test, instrumentation): let them see it.
+        cursor = connection.cursor()
+        cursor.execute(statement, params)
+        return cursor
+    connection.ensure_connection()
+    if connection.vendor == "sqlite":
+        statement = _qmarks(statement)
+    with connection.wrap_database_errors:
+        return connection.connection.execute(statement, params)
+
+
+@cache
+def _qmarks(statement: str) -> str:
+    """Return the statement with SQLite's own placeholders (`?`)."""
+    return statement.replace("%s", "?")
+
+
+def execute(statement: str, params: list[Any]) -> int:
     """Run one statement; return how many rows it changed."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return run(statement, params).rowcount
 
 
-def fetch_one(sql: str, params: list[Any]) -> tuple | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+def fetch_one(statement: str, params: list[Any]) -> tuple | None:
+    return run(statement, params).fetchone()
 
 
 def _table(model: type[models.Model]) -> str:
@@ -51,10 +73,10 @@ def statements(vendor: str) -> dict[str, str]:
         f"WHERE {account_pk} = %s AND balance >= held + %s",
         "reserve_key": f"UPDATE {key} SET held = held + %s WHERE {key_pk} = %s "
         "AND (spend_cap IS NULL OR spend_cap >= spent + held + %s)",
-        "hold_open": "SELECT id, status, amount, account_id, api_key_id, model "
-        f"FROM {hold} WHERE request_id = %s AND status IN (%s, %s)",
+        # Claims the request's hold in the status given, in one statement (RETURNING: SQLite
+        # 3.35 or later, PostgreSQL), and says what it held.
         "hold_claim": f"UPDATE {hold} SET status = %s, closed_at = %s "
-        "WHERE id = %s AND status = %s",
+        "WHERE request_id = %s AND status = %s RETURNING amount, account_id, api_key_id, model",
         "charge_account": f"UPDATE {account} SET balance = balance - %s, held = held - %s "
         f"WHERE {account_pk} = %s AND balance >= held - %s + %s",
         "charge_key": f"UPDATE {key} SET held = held - %s, spent = spent + %s WHERE {key_pk} = %s",
@@ -72,7 +94,10 @@ def _insert_statement(model: type[models.Model], vendor: str) -> tuple[str, tupl
     )
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     placeholders = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {_table(model)} ({columns}) VALUES ({placeholders})", fields
+    statement = f"INSERT INTO {_table(model)} ({columns}) VALUES ({placeholders})"
+    if connection.features.can_return_columns_from_insert:
+        statement += f" RETURNING {_column(model, 'id')}"
+    return statement, fields
 
 
 def insert(model: type[models.Model], /, **values: Any) -> int:
@@ -89,13 +114,15 @@ def insert(model: type[models.Model], /, **values: Any) -> int:
             value = now
         else:
             value = field.get_default()
-        params.append(field.get_db_prep_save(value, connection))
-    with connection.cursor() as cursor:
-        if connection.features.can_return_columns_from_insert:
-            cursor.execute(f"{statement} RETURNING {_column(model, 'id')}", params)
-            return cursor.fetchone()[0]
-        cursor.execute(statement, params)
-        return cursor.lastrowid
+        # Plain numbers, text and NULL go to the driver as they are (what the ORM's
+        # preparation returns for them anyway); dates, JSON and the like are prepared.
+        if type(value) not in PLAIN:
+            value = field.get_db_prep_save(value, connection)
+        params.append(value)
+    cursor = run(statement, params)
+    if connection.features.can_return_columns_from_insert:
+        return cursor.fetchone()[0]
+    return cursor.lastrowid
 
 
 def saved(model: type[M], pk: int, /, **values: Any) -> M:

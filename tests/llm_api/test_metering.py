@@ -65,15 +65,6 @@ def test_a_call_touches_the_database_only_to_hold_and_settle(key_api, fake_upstr
     assert "billing_modelprice" not in tables
     assert "llm_api_modelalias" not in tables
     data = [s for s in statements if s not in {"SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"}]
-    # hold: account, key, hold row; settle: read hold, claim it, account, key, ledger; record.
-    assert data == [
-        "UPDATE",
-        "UPDATE",
-        "INSERT",
-        "SELECT",
-        "UPDATE",
-        "UPDATE",
-        "UPDATE",
-        "INSERT",
-        "INSERT",
-    ]
+    # hold: account, key, hold row; settle: claim (and read) the hold, account, key, ledger
+    # entry, usage record.
+    assert data == ["UPDATE", "UPDATE", "INSERT", "UPDATE", "UPDATE", "UPDATE", "INSERT", "INSERT"]
