@@ -45,7 +45,7 @@ _writer = threading.RLock()
 @contextmanager
 def ledger_write() -> Iterator[None]:
     """Run the block as one transaction, the only money write of this process at the time."""
-    with _writer, transaction.atomic():
+    with _writer, rows.atomic():
         yield
 
 
@@ -227,10 +227,9 @@ def _charge_account(account_id: int, cost: int, released: int) -> int:
     if rows.execute(charge, [cost, released, account_id, released, cost]):
         return cost
     # The cost exceeds the hold and what else is available: lock the row for this write only.
-    accounts = CreditAccount.objects.filter(pk=account_id)
-    account = accounts.select_for_update().get()
-    charged = min(cost, account.balance - account.held + released)
-    accounts.update(balance=F("balance") - charged, held=F("held") - released)
+    balance, held = rows.fetch_one(rows.sql("account_read"), [account_id])
+    charged = min(cost, balance - held + released)
+    rows.execute(rows.sql("charge_at_most"), [charged, released, account_id])
     return charged
 
 

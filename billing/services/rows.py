@@ -9,10 +9,12 @@ statements are built as strings: no value a client sends is ever part of them).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import cache
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 
 from billing.models import ApiKey, CreditAccount, CreditHold
@@ -28,22 +30,51 @@ def run(statement: str, params: list[Any]) -> Any:
     costs more than the statement. The transaction is still Django's (`ledger_write`), and a
     driver error still becomes Django's (IntegrityError, OperationalError…).
     """
-    if connection.queries_logged or connection.execute_wrappers:
+    db = connections[DEFAULT_DB_ALIAS]  # the wrapper itself: each proxy lookup costs a µs
+    if db.queries_logged or db.execute_wrappers:
         # Someone is watching the queries (DEBUG, a test, instrumentation): let them see it.
-        cursor = connection.cursor()
+        cursor = db.cursor()
         cursor.execute(statement, params)
         return cursor
-    connection.ensure_connection()
-    if connection.vendor == "sqlite":
+    db.ensure_connection()
+    if db.vendor == "sqlite":
         statement = _qmarks(statement)
-    with connection.wrap_database_errors:
-        return connection.connection.execute(statement, params)
+    with db.wrap_database_errors:
+        return db.connection.execute(statement, params)
 
 
 @cache
 def _qmarks(statement: str) -> str:
     """Return the statement with SQLite's own placeholders (`?`)."""
     return statement.replace("%s", "?")
+
+
+@contextlib.contextmanager
+def atomic() -> Iterator[None]:
+    """Run the block as one transaction, begun and ended on the driver's connection.
+
+    Django's `atomic` costs more than the statements it wraps (autocommit switches, its own
+    cursor); it is still used inside another transaction (a savepoint) and while someone
+    watches the queries. The block must use this module's statements or plain ORM reads and
+    updates, nothing that opens an `atomic` of its own.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.in_atomic_block or db.queries_logged or db.execute_wrappers:
+        with transaction.atomic():
+            yield
+        return
+    db.ensure_connection()
+    driver = db.connection
+    with db.wrap_database_errors:
+        driver.execute("BEGIN IMMEDIATE" if db.vendor == "sqlite" else "BEGIN")
+    try:
+        yield
+        with db.wrap_database_errors:
+            driver.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            driver.execute("ROLLBACK")
+        raise
 
 
 def execute(statement: str, params: list[Any]) -> int:
@@ -79,12 +110,18 @@ def statements(vendor: str) -> dict[str, str]:
         "WHERE request_id = %s AND status = %s RETURNING amount, account_id, api_key_id, model",
         "charge_account": f"UPDATE {account} SET balance = balance - %s, held = held - %s "
         f"WHERE {account_pk} = %s AND balance >= held - %s + %s",
+        # When the cost is more than what is held and available: read the account, locked,
+        # then take what there is (SQLite's BEGIN IMMEDIATE has locked it already).
+        "account_read": f"SELECT balance, held FROM {account} WHERE {account_pk} = %s"
+        + (" FOR UPDATE" if vendor == "postgresql" else ""),
+        "charge_at_most": f"UPDATE {account} SET balance = balance - %s, held = held - %s "
+        f"WHERE {account_pk} = %s",
         "charge_key": f"UPDATE {key} SET held = held - %s, spent = spent + %s WHERE {key_pk} = %s",
     }
 
 
 def sql(name: str) -> str:
-    return statements(connection.vendor)[name]
+    return statements(connections[DEFAULT_DB_ALIAS].vendor)[name]
 
 
 @cache
@@ -104,7 +141,8 @@ def insert(model: type[models.Model], /, **values: Any) -> int:
     """Insert one row of `model` and return its primary key: `values` by attribute name
     (`account_id`), defaults for the rest, `auto_now_add` dates set now; each value prepared
     as the ORM would for a save."""
-    statement, fields = _insert_statement(model, connection.vendor)
+    db = connections[DEFAULT_DB_ALIAS]
+    statement, fields = _insert_statement(model, db.vendor)
     now = timezone.now()
     params = []
     for field in fields:
@@ -117,10 +155,10 @@ def insert(model: type[models.Model], /, **values: Any) -> int:
         # Plain numbers, text and NULL go to the driver as they are (what the ORM's
         # preparation returns for them anyway); dates, JSON and the like are prepared.
         if type(value) not in PLAIN:
-            value = field.get_db_prep_save(value, connection)
+            value = field.get_db_prep_save(value, db)
         params.append(value)
     cursor = run(statement, params)
-    if connection.features.can_return_columns_from_insert:
+    if db.features.can_return_columns_from_insert:
         return cursor.fetchone()[0]
     return cursor.lastrowid
 
