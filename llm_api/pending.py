@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, IntegrityError, connection
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ _writers: dict[str, Callable[..., object]] = {}
 _retrying = threading.Lock()  # one retry pass at a time in this process
 _thread_lock = threading.Lock()
 _thread: threading.Thread | None = None
+# The journal folders where this process has writes waiting (normally just PENDING_DIR).
+_backlogged: set[str] = set()
 
 
 def register(kind: str, writer: Callable[..., object]) -> None:
@@ -39,19 +41,28 @@ def register(kind: str, writer: Callable[..., object]) -> None:
 
 
 def write(kind: str, **arguments: Any) -> bool:
-    """Write now; on a database failure journal the write for retry. Return whether written."""
-    try:
-        _writers[kind](**arguments)
-        return True
-    except DatabaseError as error:
-        logger.warning("A %s could not be written now (%s); it is queued for retry.", kind, error)
-    finally:
-        _connection_done()
+    """Write now; on a database failure journal the write for retry. Return whether written.
+
+    While earlier writes wait in the journal, a new one joins them at once rather than wait
+    out the database's timeout itself (so an outage delays no answer by minutes); the retrier
+    writes them in order once the database answers again.
+    """
+    if str(settings.PENDING_DIR) in _backlogged:
+        logger.warning("A %s joins the writes waiting for the database; queued for retry.", kind)
+    else:
+        try:
+            _writers[kind](**arguments)
+            return True
+        except DatabaseError as error:
+            logger.warning("A %s could not be written now (%s); queued for retry.", kind, error)
+        finally:
+            _connection_done()
     try:
         _journal(kind, arguments)
     except OSError:
         logger.exception("A %s could not be queued either; it is lost: %s", kind, arguments)
         return False
+    _backlogged.add(str(settings.PENDING_DIR))
     _retry_soon()
     return False
 
@@ -88,18 +99,28 @@ def drain() -> int:
                 continue  # another process wrote it and removed the file, or it is being written
             try:
                 _writers[entry["kind"]](**entry["arguments"])
+            except IntegrityError:
+                # The database answers but will never take this one (a row it names is gone):
+                # set it aside for an administrator rather than block every write behind it.
+                logger.exception("A queued metering write was refused for good: %s", path.name)
+                path.replace(path.with_suffix(".refused"))
+                continue
             except DatabaseError as error:
                 logger.warning("Queued metering writes still wait for the database: %s", error)
                 break
             finally:
                 _connection_done()
             path.unlink(missing_ok=True)
-        return len(waiting())
+        left = len(waiting())
+        if left == 0:
+            _backlogged.discard(str(settings.PENDING_DIR))
+        return left
 
 
 def resume() -> None:
     """Start retrying if writes are waiting (a process starting after one that died)."""
     if waiting():
+        _backlogged.add(str(settings.PENDING_DIR))
         _retry_soon()
 
 

@@ -18,6 +18,7 @@ from django.core.exceptions import (
     TooManyFilesSent,
 )
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -118,6 +119,16 @@ def to_api_error(exc: Exception) -> ApiError | None:
             param=exc.param,
             headers=exc.headers,
             error_type=exc.error_type,
+        )
+    if isinstance(exc, DatabaseError):
+        # The gateway's own database failed (down, restarting, its pool exhausted): nothing
+        # the client did, and worth trying again shortly.
+        logger.warning("Database unavailable: %s", exc)
+        return ApiError(
+            503,
+            "The gateway's database is unavailable; try again shortly.",
+            "database_unavailable",
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -42,11 +42,24 @@ MAX_AMOUNT = 10**15  # a billion credits
 _writer = threading.RLock()
 
 
+_writing = threading.local()  # how deep this thread is in ledger_write
+
+
 @contextmanager
 def ledger_write() -> Iterator[None]:
     """Run the block as one transaction, the only money write of this process at the time."""
-    with _writer, rows.atomic():
-        yield
+    depth = getattr(_writing, "depth", 0)
+    if depth == 0 and not connection.in_atomic_block:
+        # Hand the pooled connection back before queueing: the thread holding the lock may
+        # need it, and would otherwise wait for the pool while its queue waits for it.
+        connection.close()
+    with _writer:
+        _writing.depth = depth + 1
+        try:
+            with rows.atomic():
+                yield
+        finally:
+            _writing.depth = depth
 
 
 def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
