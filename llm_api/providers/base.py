@@ -156,16 +156,29 @@ class ChatStream:
 
 
 class GeneratorChatStream(ChatStream):
-    """A ChatStream over a generator and a close callback (what most providers need)."""
+    """A ChatStream over a generator and a close callback (what most providers need).
+
+    Once closed, the reading side ends quietly instead of reporting the cut connection as a
+    provider failure.
+    """
 
     def __init__(self, chunks: Iterator[ChatChunk], on_close: Any = None) -> None:
         self._chunks = chunks
         self._on_close = on_close
+        self.closed = False
 
     def __iter__(self) -> Iterator[ChatChunk]:
-        return self._chunks
+        return self._read()
+
+    def _read(self) -> Iterator[ChatChunk]:
+        try:
+            yield from self._chunks
+        except Exception:
+            if not self.closed:
+                raise
 
     def close(self) -> None:
+        self.closed = True
         # The connection first: that also ends a read blocked in another thread (the gateway
         # reads streams from a helper thread), whose generator cannot be closed while it runs.
         if self._on_close:
@@ -398,26 +411,14 @@ class ResponseChatStream(GeneratorChatStream):
 
     Closing shuts the socket down before closing the response: that ends a read blocked in
     another thread at once (closing a socket alone does not wake it) and tells the upstream to
-    stop. The reading side then ends quietly instead of reporting the cut as a provider failure.
+    stop.
     """
 
     def __init__(self, chunks: Iterator[ChatChunk], response: Any) -> None:
         super().__init__(chunks, on_close=self._cut)
         self._response = response
-        self.closed = False
-
-    def __iter__(self) -> Iterator[ChatChunk]:
-        return self._read()
-
-    def _read(self) -> Iterator[ChatChunk]:
-        try:
-            yield from self._chunks
-        except Exception:
-            if not self.closed:
-                raise
 
     def _cut(self) -> None:
-        self.closed = True
         # A response read to its end is closed already, and its connection is back in the pool.
         if self._response is None or self._response.is_closed:
             return

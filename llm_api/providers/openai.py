@@ -306,21 +306,6 @@ class WireChatStream(GeneratorChatStream):
     def __init__(self, chunks: Iterator[ChatChunk], response: wire.Response) -> None:
         super().__init__(chunks, on_close=response.close)
         self._response = response
-        self.closed = False
-
-    def __iter__(self) -> Iterator[ChatChunk]:
-        return self._read()
-
-    def _read(self) -> Iterator[ChatChunk]:
-        try:
-            yield from self._chunks
-        except Exception:
-            if not self.closed:
-                raise
-
-    def close(self) -> None:
-        self.closed = True
-        super().close()
 
     def ready(self, timeout: float) -> bool:
         return self._response.ready(timeout)
