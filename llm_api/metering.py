@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django.db import connection
-
 from billing.authentication import ApiKeyInfo
 from billing.selectors import Price, price_for
 from billing.services import credits_hold, credits_release, credits_settle, rows
@@ -93,8 +91,8 @@ class Meter:
     def hold(self, *, prompt_tokens: int, completion_tokens: int) -> None:
         """Reserve the most this call can cost; raises InsufficientCredits (402).
 
-        Then hand the database connection back while the provider works: the server runs a
-        thread per request, and PostgreSQL's pool is far smaller than that.
+        The database connection goes back to the pool with the write (`ledger_write`), so the
+        request holds none while the provider works.
         """
         credits_hold(
             user_id=self.caller.user_id,
@@ -103,7 +101,6 @@ class Meter:
             api_key_id=self.caller.api_key_id,
             model=self.target.name,
         )
-        release_connection()
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -156,12 +153,6 @@ class Meter:
             "latency_ms": int((now - self.started) * 1000),
             "ttft_ms": int((ttft - self.started) * 1000) if ttft else None,
         }
-
-
-def release_connection() -> None:
-    """Return the database connection to the pool while the provider works."""
-    if not connection.in_atomic_block:
-        connection.close()
 
 
 # --- what `pending` writes ----------------------------------------------------------------------

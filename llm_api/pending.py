@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection
+from django.db import DatabaseError, IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ def write(kind: str, **arguments: Any) -> bool:
             return True
         except DatabaseError as error:
             logger.warning("A %s could not be written now (%s); queued for retry.", kind, error)
-        finally:
-            _connection_done()
     try:
         _journal(kind, arguments)
     except OSError:
@@ -108,8 +106,6 @@ def drain() -> int:
             except DatabaseError as error:
                 logger.warning("Queued metering writes still wait for the database: %s", error)
                 break
-            finally:
-                _connection_done()
             path.unlink(missing_ok=True)
         left = len(waiting())
         if left == 0:
@@ -153,9 +149,3 @@ def _retry_loop() -> None:
         except Exception:  # never let the retrier die with writes waiting
             logger.exception("Retrying queued metering writes failed")
         delay = min(delay * 2, 30.0)
-
-
-def _connection_done() -> None:
-    """Hand a broken or idle connection back, so the next try opens a fresh one."""
-    if not connection.in_atomic_block:
-        connection.close()

@@ -5,6 +5,7 @@ inside short transactions, so concurrent requests can never spend the same credi
 lock is held while a provider works.
 """
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -47,19 +48,29 @@ _writing = threading.local()  # how deep this thread is in ledger_write
 
 @contextmanager
 def ledger_write() -> Iterator[None]:
-    """Run the block as one transaction, the only money write of this process at the time."""
+    """Run the block as one transaction, the only money write of this process at the time.
+
+    Outside any other transaction, the thread's pooled connection is handed back before it
+    queues for the lock (the thread holding the lock may need it, and would otherwise wait
+    for the pool while its queue waits for it) and again after the write (a request then
+    holds no connection while its provider works, nor a broken one into its next write).
+    """
     depth = getattr(_writing, "depth", 0)
-    if depth == 0 and not connection.in_atomic_block:
-        # Hand the pooled connection back before queueing: the thread holding the lock may
-        # need it, and would otherwise wait for the pool while its queue waits for it.
+    outermost = depth == 0 and not connection.in_atomic_block
+    if outermost:
         connection.close()
-    with _writer:
-        _writing.depth = depth + 1
-        try:
-            with rows.atomic():
-                yield
-        finally:
-            _writing.depth = depth
+    try:
+        with _writer:
+            _writing.depth = depth + 1
+            try:
+                with rows.atomic():
+                    yield
+            finally:
+                _writing.depth = depth
+    finally:
+        if outermost:
+            with contextlib.suppress(DatabaseError):
+                connection.close()
 
 
 def _require_int(value: object, name: str, *, minimum: int = 0) -> int:

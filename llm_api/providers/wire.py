@@ -6,8 +6,8 @@ so a stream could only send keep-alives while the upstream is silent by reading 
 thread. Here the gateway owns the buffer: `ready(timeout)` says exactly whether the next event
 can be read without waiting, so the server's own thread reads the upstream and speaks during
 silence, and a chunk costs a `recv` and a split. Connections are kept alive in a small pool
-per upstream; TLS through `ssl`. Proxies are not spoken: a provider behind one uses its SDK's
-client instead (`direct_allowed`).
+per upstream; TLS through `ssl`. It speaks to the upstream directly, never through an HTTP
+proxy (HTTPS_PROXY and the like do not apply to chat calls; the README says so).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 READ_SIZE = 65536
 MAX_HEADER_BYTES = 65536
@@ -37,15 +36,6 @@ class WireTimeout(WireError):
 
 class WireConnectError(WireError):
     """No connection could be made."""
-
-
-def direct_allowed(url: str) -> bool:
-    """Return whether calls to `url` may go straight to it (no proxy configured for it)."""
-    parts = urlsplit(url)
-    proxies = getproxies()
-    if not proxies.get(parts.scheme) and not proxies.get("all"):
-        return True
-    return bool(proxy_bypass(parts.hostname or ""))
 
 
 class Upstream:
