@@ -1090,13 +1090,17 @@ def render(bench: Bench, info: dict[str, Any], elapsed: float) -> str:
     def gateway_only(fn: Any) -> Any:
         return lambda d, column: "—" if column == "direct" else fn(d)
 
+    def gateway(d: dict, run: str) -> dict:
+        """Return what was metered of the gateway's processes during one run."""
+        return d["usage"][run]["gateway"]
+
     top_c = max(args.connections) if args.connections else None
     top_n = max(args.streams) if args.streams else None
     if top_c:
         rows.append(
             (
                 f"gateway peak RSS, {clients(top_c)} (MB)",
-                gateway_only(lambda d: f"{d['usage'][f'c{top_c}']['gateway']['peak_rss_mb']:,.0f}"),
+                gateway_only(lambda d: f"{gateway(d, f'c{top_c}')['peak_rss_mb']:,.0f}"),
             )
         )
         rows.append(
@@ -1104,9 +1108,7 @@ def render(bench: Bench, info: dict[str, Any], elapsed: float) -> str:
                 f"gateway CPU per request, {clients(top_c)} (ms)",
                 gateway_only(
                     lambda d: ms(
-                        d["usage"][f"c{top_c}"]["gateway"]["cpu_s"]
-                        * 1000
-                        / d["wrk"][top_c]["requests"]
+                        gateway(d, f"c{top_c}")["cpu_s"] * 1000 / d["wrk"][top_c]["requests"]
                     )
                 ),
             )
@@ -1115,13 +1117,13 @@ def render(bench: Bench, info: dict[str, Any], elapsed: float) -> str:
         rows.append(
             (
                 f"gateway peak RSS, {top_n:,} streams (MB)",
-                gateway_only(lambda d: f"{d['usage'][f's{top_n}']['gateway']['peak_rss_mb']:,.0f}"),
+                gateway_only(lambda d: f"{gateway(d, f's{top_n}')['peak_rss_mb']:,.0f}"),
             )
         )
         rows.append(
             (
                 f"gateway CPU for {top_n:,} streams (s)",
-                gateway_only(lambda d: f"{d['usage'][f's{top_n}']['gateway']['cpu_s']:.1f}"),
+                gateway_only(lambda d: f"{gateway(d, f's{top_n}')['cpu_s']:.1f}"),
             )
         )
     rows.append(
