@@ -25,7 +25,7 @@ from llm_api.dialects import openai, responses, seed000, seed001, seed003
 from llm_api.dialects.base import Dialect
 from llm_api.exceptions import InvalidParameter
 from llm_api.images import ImageUploadLimit
-from llm_api.pipeline import chat_answer, embeddings_create
+from llm_api.pipeline import chat_answer, embeddings_answer
 from llm_api.providers import providers
 from llm_api.selectors import models_list, provider_get
 from project.parsers import JSONParser
@@ -107,8 +107,12 @@ class EmbeddingsApi(LlmApi):
     @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=OPENAI)
     def post(self, request: Request) -> HttpResponseBase:
         model, inputs, encoding = openai.embeddings_input(request.data)
-        target, result = embeddings_create(request, model=model, inputs=inputs)
-        return Response(openai.embeddings_body(target.name, result, encoding))
+        return embeddings_answer(
+            request,
+            model=model,
+            inputs=inputs,
+            body=lambda target, result: openai.embeddings_body(target.name, result, encoding),
+        )
 
 
 class ModelsApi(LlmApi):

@@ -23,6 +23,7 @@ from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatRequest, ProviderError, Usage
 
 if TYPE_CHECKING:
+    from llm_api.limits import Admission
     from llm_api.selectors import Target
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Meter:
     target: Target
     route: str
     stream: bool = False
+    admission: Admission | None = None  # the limit step's, corrected to the real usage
     price: Price = field(init=False)
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -111,6 +113,8 @@ class Meter:
         if self.done:
             return 0
         self.done = True
+        if self.admission is not None:
+            self.admission.settle(usage.total_tokens)
         cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens)
         pending.write(
             "settle",
@@ -128,6 +132,8 @@ class Meter:
         if self.done:
             return
         self.done = True
+        if self.admission is not None:
+            self.admission.settle(0)
         code = error.code if error else "client_closed"
         status = UsageRecord.Status.UPSTREAM_ERROR if error else UsageRecord.Status.CLIENT_CLOSED
         record = self._record(Usage(0, 0), 0, status, code)

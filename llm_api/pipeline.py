@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.authentication import api_key_of
+from llm_api import limits
 from llm_api.exceptions import ModelNotAllowed, UnsupportedParameter
 from llm_api.metering import (
     Caller,
@@ -131,21 +132,28 @@ def chat_answer(
     capabilities_check(target, chat.request, stream=chat.stream)
     chat.request.model = target.model
     call = Call(caller.request_id, chat, target, int(time.time()))
+    prompt_tokens = prompt_tokens_estimate(chat.request, generous=True)
+    completion_tokens = chat.request.max_tokens * chat.request.n
     with ExitStack() as admitted:
-        admitted.enter_context(dialect.admit(call))
-        meter = Meter(caller=caller, target=target, route=route, stream=chat.stream)
-        meter.hold(
-            prompt_tokens=prompt_tokens_estimate(chat.request, generous=True),
-            completion_tokens=chat.request.max_tokens * chat.request.n,
+        admission = admitted.enter_context(
+            limits.admitted(caller, tokens=prompt_tokens + completion_tokens)
         )
+        admitted.enter_context(dialect.admit(call))
+        meter = Meter(
+            caller=caller, target=target, route=route, stream=chat.stream, admission=admission
+        )
+        meter.hold(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         if chat.stream:
             with released_on_error(meter):
                 upstream = target.provider.chat_stream(chat.request)
             stream = MeteredStream(meter, chat.request, upstream, dialect.writer(call))
             # From here the response owns the admission: its close releases it.
-            return sse_response(iter(stream), [stream.close, admitted.pop_all().close])
-        result = chat_run(meter, chat.request)
-    return Response(dialect.answer(call, result))
+            response = sse_response(iter(stream), [stream.close, admitted.pop_all().close])
+        else:
+            response = Response(dialect.answer(call, chat_run(meter, chat.request)))
+    for name, value in admission.headers.items():
+        response[name] = value
+    return response
 
 
 def chat_run(meter: Meter, request: ChatRequest) -> ChatResult:
@@ -199,19 +207,26 @@ def released_on_error(meter: Meter) -> Iterator[None]:
 # --- embeddings -------------------------------------------------------------------------------
 
 
-def embeddings_create(
-    request: Request, *, model: str | None, inputs: list[str]
-) -> tuple[Target, EmbeddingResult]:
-    """Embed the inputs through the same resolve → hold → call → settle steps; charge tokens."""
+def embeddings_answer(
+    request: Request,
+    *,
+    model: str | None,
+    inputs: list[str],
+    body: Callable[[Target, EmbeddingResult], dict],
+) -> Response:
+    """Embed the inputs through the same resolve → limit → hold → call → settle steps, and
+    answer `body(target, result)`; charge tokens."""
     caller = caller_of(request)
     target = target_for(caller, model)
     if not target.provider.capabilities.embeddings:
         raise UnsupportedParameter(f"'{target.name}' does not offer embeddings.", param="model")
-    meter = Meter(caller=caller, target=target, route="embeddings")
-    meter.hold(prompt_tokens=texts_tokens_estimate(inputs, generous=True), completion_tokens=0)
-    with released_on_error(meter):
-        result = target.provider.embed(target.model, inputs)
-    if result.usage is None:
-        result.usage = Usage(texts_tokens_estimate(inputs), 0, estimated=True)
-    meter.settle(result.usage)
-    return target, result
+    tokens = texts_tokens_estimate(inputs, generous=True)
+    with limits.admitted(caller, tokens=tokens) as admission:
+        meter = Meter(caller=caller, target=target, route="embeddings", admission=admission)
+        meter.hold(prompt_tokens=tokens, completion_tokens=0)
+        with released_on_error(meter):
+            result = target.provider.embed(target.model, inputs)
+        if result.usage is None:
+            result.usage = Usage(texts_tokens_estimate(inputs), 0, estimated=True)
+        meter.settle(result.usage)
+    return Response(body(target, result), headers=admission.headers)
