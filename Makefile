@@ -30,14 +30,23 @@ install-dev: uv  ## everything, for the tests
 migrate:
 	$(RUN) python manage.py migrate --no-input
 
-run: install-local migrate  ## the gateway plus a local llama.cpp server with SmolLM2
-	HOST=$(HOST) PORT=$(PORT) $(RUN) python manage.py runlocal
+# `make run` and `make dev` are the local-development paths and need no configuration: the
+# secrets a start with DEBUG off must be given (SECRET_KEY, API_KEY_SECRET; the checks
+# project.E001/E002 refuse to start without them) are generated once into the git-ignored data
+# folder and exported for them, unless the environment or .env sets them (project/local_secrets.py).
+# `make serve`, the production start, gets none: give it your own.
+LOCAL_SECRETS = secrets="$$($(RUN) python -m project.local_secrets)" && eval "$$secrets"
+
+run: install-local  ## the gateway plus a local llama.cpp server with SmolLM2
+	$(LOCAL_SECRETS) && $(RUN) python manage.py migrate --no-input \
+		&& HOST=$(HOST) PORT=$(PORT) $(RUN) python manage.py runlocal
 
 serve: install migrate  ## the production server alone (inhouse points wherever INHOUSE_BASE_URL says)
 	HOST=$(HOST) PORT=$(PORT) $(RUN) python manage.py serve
 
-dev: install-dev migrate  ## Django's development server
-	$(RUN) python manage.py runserver $(HOST):$(PORT)
+dev: install-dev  ## Django's development server
+	$(LOCAL_SECRETS) && $(RUN) python manage.py migrate --no-input \
+		&& $(RUN) python manage.py runserver $(HOST):$(PORT)
 
 lint:
 	$(RUN) ruff check .

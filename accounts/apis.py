@@ -1,19 +1,24 @@
-"""Accounts: signup, JWT tokens (obtain, refresh, logout) and the signed-in user."""
+"""Accounts: signup, JWT tokens (obtain, refresh, logout), the signed-in user and their password."""
+
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from accounts.services import user_create, user_update
+from accounts.exceptions import WrongPassword
+from accounts.services import user_create, user_password_change, user_update
+from accounts.throttles import SIGN_IN_FAILURES, username_ident
+from billing.authentication import api_key_of, require_manage_scope
+from project.throttling import ClientRateThrottle
 
 User = get_user_model()
 
@@ -30,7 +35,7 @@ class SignupApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ClientRateThrottle]
     throttle_scope = "signup"
 
     class InputSerializer(serializers.Serializer):
@@ -58,10 +63,26 @@ class SignupApi(APIView):
 
 
 class TokenObtainApi(TokenObtainPairView):
-    """Exchange a username and password for an access and a refresh token (throttled)."""
+    """Exchange a username and password for an access and a refresh token.
 
-    throttle_classes = [ScopedRateThrottle]
+    Throttled per client address (every attempt) and per username (failed attempts, counted
+    with the admin's login and the password change).
+    """
+
+    throttle_classes = [ClientRateThrottle]
     throttle_scope = "token"
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = request.data
+        username = username_ident(data.get("username") if isinstance(data, dict) else None)
+        if username is None:  # the serializer names what is missing
+            return super().post(request, *args, **kwargs)
+        SIGN_IN_FAILURES.check(username)
+        try:
+            return super().post(request, *args, **kwargs)
+        except exceptions.AuthenticationFailed:
+            SIGN_IN_FAILURES.hit(username)
+            raise
 
 
 class TokenRefreshApi(TokenRefreshView):
@@ -89,7 +110,11 @@ class LogoutApi(APIView):
 
 
 class MeApi(APIView):
-    """The signed-in user. Only `email` can be changed; other fields are read-only."""
+    """The signed-in user. Only `email` can be changed; other fields are read-only.
+
+    Changing it needs a login token or an API key with the "manage" scope: a key that only
+    calls models must not be able to move the account's email (and so its recovery) elsewhere.
+    """
 
     class InputSerializer(serializers.Serializer):
         email = serializers.EmailField(required=False, allow_blank=True)
@@ -98,9 +123,57 @@ class MeApi(APIView):
     def get(self, request: Request) -> Response:
         return Response(UserOutputSerializer(request.user).data)
 
-    @extend_schema(request=InputSerializer, responses=UserOutputSerializer)
+    @extend_schema(
+        description='Needs a login token or an API key with the "manage" scope.',
+        request=InputSerializer,
+        responses={
+            200: UserOutputSerializer,
+            403: OpenApiResponse(
+                description='`restricted_api_key`: an API key without the "manage" scope.'
+            ),
+        },
+    )
     def patch(self, request: Request) -> Response:
+        require_manage_scope(request, to="change the account")
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = user_update(user=request.user, **data.validated_data)
         return Response(UserOutputSerializer(user).data)
+
+
+class MePasswordApi(APIView):
+    """Change the signed-in user's password: every refresh token of theirs stops working.
+
+    Only with a JWT: an API key, which scripts and servers hold, never changes the password.
+    A wrong current password counts as a failed sign-in for the username.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        current_password = serializers.CharField(max_length=128, style={"input_type": "password"})
+        new_password = serializers.CharField(max_length=128, style={"input_type": "password"})
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: inline_serializer("PasswordOutput", {"message": serializers.CharField()})},
+    )
+    def post(self, request: Request) -> Response:
+        if api_key_of(request) is not None:
+            raise exceptions.PermissionDenied(
+                "An API key cannot change the password: sign in with POST /api/token/ and send "
+                "the access token as Authorization: Bearer <token>."
+            )
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        username = username_ident(request.user.get_username()) or ""
+        SIGN_IN_FAILURES.check(username)
+        try:
+            user_password_change(user=request.user, **data.validated_data)
+        except WrongPassword:
+            SIGN_IN_FAILURES.hit(username)
+            raise
+        return Response(
+            {
+                "message": "Password changed. Every refresh token was revoked: sign in again "
+                "(POST /api/token/) with the new password."
+            }
+        )

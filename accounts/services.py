@@ -5,7 +5,10 @@ from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from accounts.exceptions import WrongPassword
 from billing.services import account_open
 
 User = get_user_model()
@@ -45,3 +48,35 @@ def user_update(*, user: AbstractUser, email: str | None = None) -> AbstractUser
         user.full_clean(exclude=["password"])
         user.save(update_fields=["email"])
     return user
+
+
+def user_password_change(
+    *, user: AbstractUser, current_password: str, new_password: str
+) -> AbstractUser:
+    """Change `user`'s password, given the current one, after Django's password validators.
+
+    Saving the new password revokes every refresh token of the user (accounts.passwords hooks
+    every password save), so whoever signed in with the old password is out at their next
+    refresh; both happen in one transaction.
+    """
+    if not user.check_password(current_password):
+        raise WrongPassword(param="current_password")
+    try:
+        validate_password(new_password, user=user)
+    except ValidationError as error:
+        raise ValidationError({"new_password": error.messages}) from error
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+    return user
+
+
+def refresh_tokens_revoke(*, user: AbstractUser) -> int:
+    """Blacklist every unexpired refresh token of `user` not blacklisted yet; return how many."""
+    outstanding = OutstandingToken.objects.filter(
+        user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
+    ).only("id")
+    revoked = BlacklistedToken.objects.bulk_create(
+        [BlacklistedToken(token=token) for token in outstanding], ignore_conflicts=True
+    )
+    return len(revoked)

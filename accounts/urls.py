@@ -8,4 +8,5 @@ urlpatterns = [
     path("token/refresh/", apis.TokenRefreshApi.as_view(), name="token-refresh"),
     path("logout/", apis.LogoutApi.as_view(), name="logout"),
     path("me/", apis.MeApi.as_view(), name="me"),
+    path("me/password/", apis.MePasswordApi.as_view(), name="me-password"),
 ]

@@ -19,6 +19,7 @@ import http.client
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -176,7 +177,12 @@ def python_load(url: str, *, connections: int, duration: int) -> Result:
 def measure(candidate: Candidate, args: argparse.Namespace, logs: Path) -> Result:
     """Start `candidate`, warm it up, load it for `args.duration` seconds, stop it."""
     port = free_port()
-    env = {**os.environ, "DEBUG": "False", **candidate.env}
+    # A production start needs its own secrets (the checks project.E001/E002).
+    secrets_env = {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "API_KEY_SECRET": secrets.token_urlsafe(32),
+    }
+    env = {**secrets_env, **os.environ, "DEBUG": "False", **candidate.env}
     log_path = logs / f"{port}.log"
     server = ServerProcess.start(
         candidate.name, candidate.argv(port), env=env, log_path=log_path, cwd=BASE_DIR

@@ -3,7 +3,12 @@
 A bearer value without our key prefix is left to simplejwt's JWTAuthentication (listed next), so
 signed-in users keep using their access tokens. A malformed key fails its checksum before any
 lookup; a well-formed one is found by its digest in the cache (zero queries) or, at most once per
-API_KEY_CACHE_SECONDS, in the database. Expiry is checked on every request.
+API_KEY_CACHE_SECONDS, in the database. Expiry, revocation and the owner's `is_active` are
+checked on every request against that entry, which every change of the key or of its user
+replaces at once (`billing.services.api_keys`, `billing.receivers`).
+
+What a key may do is its scopes: "models" (every key) calls the models and reads the key's own
+usage; "manage" also manages keys and the account, as a login token does.
 """
 
 from datetime import UTC
@@ -18,6 +23,7 @@ from billing import keys
 from billing.keys import ApiKeyInfo
 from billing.selectors import CachedKey, api_key_lookup
 from billing.services import api_key_touch
+from project.throttling import Limit, address_ident
 
 __all__ = ["ApiKeyAuthentication", "ApiKeyInfo", "api_key_of"]
 
@@ -38,6 +44,16 @@ def _refuse(message: str, code: str) -> exceptions.AuthenticationFailed:
     return exceptions.AuthenticationFailed(message, code=code)
 
 
+# Keys are too long to guess, but each wrong one costs a lookup: an address that sends too many
+# is refused (429) for the rest of the window, with any key, so guessing learns nothing more.
+KEY_FAILURES = Limit("key_failure", "requests with an invalid API key from your address")
+
+
+def _invalid_key(client: str) -> exceptions.AuthenticationFailed:
+    KEY_FAILURES.hit(client)
+    return _refuse("Invalid API key.", "invalid_api_key")
+
+
 def _check_usable(entry: CachedKey) -> None:
     if entry.revoked_at is not None:
         raise _refuse("This API key was revoked.", "api_key_revoked")
@@ -56,11 +72,13 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = _presented_key(request)
         if key is None:
             return None
+        client = address_ident(request)
+        KEY_FAILURES.check(client)
         if not keys.is_well_formed(key):
-            raise _refuse("Invalid API key.", "invalid_api_key")
+            raise _invalid_key(client)
         entry = api_key_lookup(digest=keys.digest(key))
         if entry is None:
-            raise _refuse("Invalid API key.", "invalid_api_key")
+            raise _invalid_key(client)
         _check_usable(entry)
         api_key_touch(api_key_id=entry.info.id)
         return entry.user, entry.info
@@ -74,3 +92,17 @@ def api_key_of(request: Request) -> ApiKeyInfo | None:
     """Return the API key a request was authenticated with, or None (JWT or anonymous)."""
     auth = getattr(request, "auth", None)
     return auth if isinstance(auth, ApiKeyInfo) else None
+
+
+def require_manage_scope(request: Request, *, to: str) -> None:
+    """Refuse (403 restricted_api_key) a request made with an API key that lacks the "manage"
+    scope; a login token (JWT) or a managing key passes. `to` says what was refused."""
+    api_key = api_key_of(request)
+    if api_key is not None:
+        api_key.require_manage(to=to)
+
+
+def own_key_only(request: Request) -> ApiKeyInfo | None:
+    """Return the request's API key when it may see only itself (no "manage" scope), else None."""
+    api_key = api_key_of(request)
+    return api_key if api_key is not None and not api_key.can_manage else None

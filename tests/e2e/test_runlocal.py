@@ -14,6 +14,7 @@ import pytest
 
 from llm_api.localmodel import ServerProcess, http_status
 from tests.live import BASE_DIR, free_port, skip_without_local_model
+from tests.live.gateway import SECRETS
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,7 @@ def runlocal(tmp_path: Path) -> Iterator[RunLocal]:
     skip_without_local_model()
     port, model_port = free_port(), free_port()
     env = {
+        **SECRETS,
         **os.environ,
         "DATA_DIR": str(tmp_path),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",

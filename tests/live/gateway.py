@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from llm_api.localmodel import ServerProcess
 from tests.live.processes import BASE_DIR, free_port, stop, track
 
 PASSWORD = "correct-horse-battery-staple"
+# The secrets of every process a test starts: they run with DEBUG off, so without them they would
+# fail the checks project.E001/E002 (the environment's own, if set, win).
+SECRETS = {"SECRET_KEY": secrets.token_urlsafe(50), "API_KEY_SECRET": secrets.token_urlsafe(50)}
 
 
 def _is_postgres(url: str) -> bool:
@@ -63,7 +67,7 @@ def _migrate(database_url: str) -> None:
     """Migrate `database_url` in a process of its own, with a throwaway data folder."""
     with tempfile.TemporaryDirectory(prefix="live-migrate-") as data_dir:
         manage(
-            {**os.environ, "DATABASE_URL": database_url, "DATA_DIR": data_dir},
+            {**SECRETS, **os.environ, "DATABASE_URL": database_url, "DATA_DIR": data_dir},
             "migrate",
             "--no-input",
         )
@@ -164,6 +168,7 @@ class LiveGateway:
     def env(self) -> dict[str, str]:
         """Return the environment of the gateway's processes."""
         env = {
+            **SECRETS,
             **os.environ,
             # Sign in as often as a test needs to; the throttles have tests of their own.
             "TOKEN_THROTTLE_RATE": "10000/min",

@@ -72,6 +72,7 @@ def test_the_schema_builds_without_warnings(tmp_path):
 PRODUCTION = {
     "DEBUG": "False",
     "SECRET_KEY": "x7!kq2" * 10,
+    "API_KEY_SECRET": "k3$mz9" * 10,
     "ALLOWED_HOSTS": "llm.example.com",
     "SECURE_SSL_REDIRECT": "True",
     "SECURE_HSTS_SECONDS": "31536000",
