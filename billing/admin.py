@@ -48,7 +48,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ["name", "user", "masked", "status", "created_at", "last_used_at", "expires_at"]
+    list_display = [
+        "name",
+        "user",
+        "masked",
+        "status",
+        "scopes_",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+    ]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at", "expires_at"]
     search_fields = ["name", "prefix", "user__username"]
     search_help_text = "Search by name, key prefix, username, or paste a full key."
@@ -57,6 +66,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     actions = ["revoke_keys"]
     shown_once_template = "admin/billing/apikey/key_created.html"
     facts = ["masked", "status", "created_at", "last_used_at", "revoked_at", "spent_", "held_"]
+
+    @admin.display(description="scopes")
+    def scopes_(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes)
 
     @admin.display(description="spent (credits)")
     def spent_(self, obj: ApiKey) -> str:

@@ -2,6 +2,9 @@
 
 Amounts are credits as decimal strings ("12.500000"); inside they are integer micro-credits.
 Every query is scoped to the requesting user, so another user's key is simply not found (404).
+An API key without the "manage" scope sees only itself: its own entry in the key list, its own
+ledger entries and usage; creating, changing or revoking keys needs a login token (JWT) or a key
+with "manage" (403 `restricted_api_key` otherwise, saying so).
 The key routes carry several operations each (GET/POST, GET/PATCH/DELETE), so their views hold
 one method per operation, as `accounts.apis.MeApi` does.
 """
@@ -10,15 +13,17 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.authentication import api_key_of
+from billing import keys
+from billing.authentication import api_key_of, own_key_only, require_manage_scope
 from billing.exceptions import RestrictedApiKey
+from billing.keys import ApiKeyInfo
 from billing.models import ApiKey, LedgerEntry
 from billing.money import MAX_CREDITS, to_credits, to_micro
 from billing.selectors import (
@@ -32,6 +37,24 @@ from billing.services import api_key_create, api_key_revoke, api_key_update
 
 MAX_USAGE_DAYS = 366
 MAX_LIMIT = 2**31 - 1
+MANAGE_ONLY = OpenApiResponse(
+    description='`restricted_api_key`: the API key lacks the "manage" scope, or asks for more '
+    "than it has itself (a later expiry, a larger spend cap or limit, a model or scope it "
+    "lacks). The message names what and how to do it instead (a login token)."
+)
+OWN_KEY_ONLY = OpenApiResponse(
+    description='`restricted_api_key`: an API key without the "manage" scope asked for another '
+    "key's data."
+)
+OWN_ENTRIES_ONLY = (
+    'A login token or an API key with "manage" sees the whole account; any other API key sees '
+    "only its own entries (the api_key filter is then its own id)."
+)
+SCOPES_HELP = (
+    '"models" (every key): call the models and read this key\'s own usage. "manage": also '
+    "create, change and revoke keys, read the whole account's ledger and usage, and change the "
+    'account. Default: ["models"].'
+)
 
 
 class CreditsField(serializers.DecimalField):
@@ -53,6 +76,7 @@ class ApiKeyOutputSerializer(serializers.ModelSerializer):
     spend_cap = CreditsField(allow_null=True)
     spent = CreditsField()
     held = CreditsField()
+    scopes = serializers.ListField(child=serializers.CharField(), help_text=SCOPES_HELP)
 
     class Meta:
         model = ApiKey
@@ -74,6 +98,7 @@ class ApiKeyOutputSerializer(serializers.ModelSerializer):
             "rpm_limit",
             "tpm_limit",
             "concurrency_limit",
+            "scopes",
         ]
         read_only_fields = fields
 
@@ -95,13 +120,21 @@ class ApiKeySettingsSerializer(serializers.Serializer):
     concurrency_limit = serializers.IntegerField(
         min_value=1, max_value=MAX_LIMIT, allow_null=True, required=False
     )
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(keys.SCOPES)),
+        max_length=len(keys.SCOPES),
+        required=False,
+        help_text=SCOPES_HELP,
+    )
 
 
-def _refuse_restricted_key(request: Request) -> None:
-    """A key narrowed by an allowlist, cap or limits must not create or widen keys."""
-    info = api_key_of(request)
-    if info is not None and info.is_restricted:
-        raise RestrictedApiKey()
+def _refuse_other_key(own: ApiKeyInfo, pk: int | None, *, to: str) -> None:
+    """A key without the "manage" scope may read only itself."""
+    if pk is not None and pk != own.id:
+        raise RestrictedApiKey(
+            f"This API key may read only its own data (api key id {own.id}); to {to}, "
+            f"{keys.HOW_TO_MANAGE}."
+        )
 
 
 class ApiKeyListCreateApi(APIView):
@@ -111,6 +144,12 @@ class ApiKeyListCreateApi(APIView):
         name = serializers.CharField(max_length=100, default="default")
         expires_at = serializers.DateTimeField(allow_null=True, default=None)
         expires_in_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=list(keys.SCOPES)),
+            max_length=len(keys.SCOPES),
+            default=keys.default_scopes,
+            help_text=SCOPES_HELP,
+        )
 
         def validate(self, data: dict[str, Any]) -> dict[str, Any]:
             days = data.pop("expires_in_days", None)
@@ -127,16 +166,29 @@ class ApiKeyListCreateApi(APIView):
             fields = ["key", *ApiKeyOutputSerializer.Meta.fields]
             read_only_fields = fields
 
-    @extend_schema(responses=ApiKeyOutputSerializer(many=True))
+    @extend_schema(
+        description='A login token or a key with "manage" lists every key of the account; any '
+        "other API key lists only itself.",
+        responses=ApiKeyOutputSerializer(many=True),
+    )
     def get(self, request: Request) -> Response:
-        return Response(ApiKeyOutputSerializer(api_key_list(user=request.user), many=True).data)
+        own = own_key_only(request)
+        api_keys = api_key_list(user=request.user, only_id=own.id if own else None)
+        return Response(ApiKeyOutputSerializer(api_keys, many=True).data)
 
-    @extend_schema(request=CreateInputSerializer, responses={201: CreateOutputSerializer})
+    @extend_schema(
+        description='Needs a login token or an API key with "manage"; such a key can create '
+        "only keys within its own expiry, spend cap, limits, models and scopes.",
+        request=CreateInputSerializer,
+        responses={201: CreateOutputSerializer, 403: MANAGE_ONLY},
+    )
     def post(self, request: Request) -> Response:
-        _refuse_restricted_key(request)
+        require_manage_scope(request, to="create API keys")
         data = self.CreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        api_key, plaintext = api_key_create(user=request.user, **data.validated_data)
+        api_key, plaintext = api_key_create(
+            user=request.user, acting_key=api_key_of(request), **data.validated_data
+        )
         body = {"key": plaintext, **ApiKeyOutputSerializer(api_key).data}
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -145,22 +197,40 @@ class ApiKeyDetailApi(APIView):
     """GET: one of the user's keys. PATCH: rename it or change its allowlist, cap or limits.
     DELETE: revoke it (204); it fails on its very next request."""
 
-    @extend_schema(responses=ApiKeyOutputSerializer)
+    @extend_schema(
+        description='An API key without "manage" may read only itself.',
+        responses={200: ApiKeyOutputSerializer, 403: OWN_KEY_ONLY},
+    )
     def get(self, request: Request, pk: int) -> Response:
+        own = own_key_only(request)
+        if own is not None:
+            _refuse_other_key(own, pk, to="read the account's other keys")
         return Response(ApiKeyOutputSerializer(api_key_get(user=request.user, pk=pk)).data)
 
-    @extend_schema(request=ApiKeySettingsSerializer, responses=ApiKeyOutputSerializer)
+    @extend_schema(
+        description='Needs a login token or an API key with "manage"; such a key cannot set '
+        "a later expiry, a larger spend cap or limit, or a model or scope it lacks itself.",
+        request=ApiKeySettingsSerializer,
+        responses={200: ApiKeyOutputSerializer, 403: MANAGE_ONLY},
+    )
     def patch(self, request: Request, pk: int) -> Response:
+        require_manage_scope(request, to="change API keys")
         api_key = api_key_get(user=request.user, pk=pk)
-        _refuse_restricted_key(request)
         data = ApiKeySettingsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        api_key = api_key_update(api_key=api_key, data=data.validated_data)
+        api_key = api_key_update(
+            api_key=api_key, data=data.validated_data, acting_key=api_key_of(request)
+        )
         return Response(ApiKeyOutputSerializer(api_key).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        description='Needs a login token or an API key with "manage".',
+        responses={204: None, 403: MANAGE_ONLY},
+    )
     def delete(self, request: Request, pk: int) -> Response:
-        api_key_revoke(api_key=api_key_get(user=request.user, pk=pk))
+        require_manage_scope(request, to="revoke API keys")
+        api_key = api_key_get(user=request.user, pk=pk)
+        api_key_revoke(api_key=api_key, acting_key=api_key_of(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -171,6 +241,9 @@ class BalanceDetailApi(APIView):
         balance = CreditsField()
         held = CreditsField()
         available = CreditsField()
+        debt = CreditsField(
+            help_text="Owed by calls that cost more than they held; blocks calls until paid."
+        )
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
@@ -189,6 +262,12 @@ class DateRangeSerializer(serializers.Serializer):
 
 
 def _api_key_filter(request: Request, pk: int | None) -> ApiKey | None:
+    """Return the key whose entries to show, None for the whole account. An API key without
+    "manage" sees only its own entries, whether it asks for them or not."""
+    own = own_key_only(request)
+    if own is not None:
+        _refuse_other_key(own, pk, to="read other keys' or the whole account's entries")
+        pk = own.id
     return None if pk is None else api_key_get(user=request.user, pk=pk)
 
 
@@ -226,7 +305,11 @@ class LedgerListApi(APIView):
             ]
             read_only_fields = fields
 
-    @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer(many=True))
+    @extend_schema(
+        description=OWN_ENTRIES_ONLY,
+        parameters=[FilterSerializer],
+        responses={200: OutputSerializer(many=True), 403: OWN_KEY_ONLY},
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -264,18 +347,22 @@ class UsageSummaryApi(APIView):
         prefix = serializers.CharField(source="api_key__prefix", allow_null=True)
 
     @extend_schema(
+        description=OWN_ENTRIES_ONLY,
         parameters=[DateRangeSerializer],
-        responses=inline_serializer(
-            "UsageSummary",
-            {
-                "since": serializers.DateField(),
-                "until": serializers.DateField(),
-                "total": TotalsSerializer(),
-                "by_day": PerDaySerializer(many=True),
-                "by_model": PerModelSerializer(many=True),
-                "by_key": PerKeySerializer(many=True),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "UsageSummary",
+                {
+                    "since": serializers.DateField(),
+                    "until": serializers.DateField(),
+                    "total": TotalsSerializer(),
+                    "by_day": PerDaySerializer(many=True),
+                    "by_model": PerModelSerializer(many=True),
+                    "by_key": PerKeySerializer(many=True),
+                },
+            ),
+            403: OWN_KEY_ONLY,
+        },
     )
     def get(self, request: Request) -> Response:
         filters = DateRangeSerializer(data=request.query_params)

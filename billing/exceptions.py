@@ -17,6 +17,13 @@ class SpendCapExceeded(ServiceError):
     default_message = "This API key has reached its spend cap."
 
 
+class PriceMissing(ServiceError):
+    status_code = 403
+    code = "model_not_priced"
+    error_type = "permission_error"
+    default_message = "This model has no price, and this gateway serves priced models only."
+
+
 class InvalidAmount(ServiceError):
     status_code = 400
     code = "invalid_amount"
@@ -49,8 +56,8 @@ class RestrictedApiKey(ServiceError):
     code = "restricted_api_key"
     error_type = "permission_error"
     default_message = (
-        "An API key with a model allowlist, a spend cap or limits cannot create or change keys; "
-        "use an unrestricted key or sign in with a JWT."
+        "This API key may call the models and read its own usage only; managing keys or the "
+        'account needs a login token (JWT) or a key with "scopes": ["models", "manage"].'
     )
 
 

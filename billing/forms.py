@@ -59,6 +59,14 @@ class ApiKeyForm(forms.ModelForm):
         required=False,
         help_text="One provider/model or pattern per line (openai/gpt-4*); empty allows all.",
     )
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, f"{scope}: {meaning}") for scope, meaning in keys.SCOPES.items()],
+        initial=keys.default_scopes,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=f"Every key has {keys.SCOPE_MODELS!r}; give {keys.SCOPE_MANAGE!r} only to a "
+        "key that must manage keys or the account.",
+    )
 
     class Meta:
         model = ApiKey
@@ -71,10 +79,14 @@ class ApiKeyForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
             "concurrency_limit",
+            "scopes",
         ]
 
     def clean_allowed_models(self) -> list[str]:
         return keys.clean_allowlist(self.cleaned_data["allowed_models"])
+
+    def clean_scopes(self) -> list[str]:
+        return keys.clean_scopes(self.cleaned_data["scopes"])
 
     def clean_expires_at(self) -> datetime | None:
         expires_at = self.cleaned_data["expires_at"]

@@ -3,6 +3,7 @@
 The checksum is a truncated HMAC of the body under the server secret, so a mistyped or forged
 key is refused by arithmetic alone, before any cache or database lookup. Only a keyed digest of
 the whole key (HMAC-SHA256, hex) is stored, plus its first and last characters for display.
+What a key may do is its scopes (SCOPES): every key calls the models, "manage" is opt-in.
 """
 
 import hashlib
@@ -17,6 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from billing.exceptions import RestrictedApiKey
+
 PREFIX = "sk-llm-"
 ALPHABET = string.digits + string.ascii_letters
 BODY_LENGTH = 33  # 62**33 > 2**192, so 24 random bytes always fit
@@ -25,6 +28,21 @@ KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
 DISPLAY_PREFIX_LENGTH = len(PREFIX) + 4
 _ALLOWED = frozenset(ALPHABET)
 MAX_ALLOWLIST_ENTRIES = 100
+
+# What a key may do. Every key calls the models; "manage" is opt-in, so a key that leaks from a
+# script or a laptop cannot mint, change or revoke keys, read the whole account or change it.
+SCOPE_MODELS = "models"
+SCOPE_MANAGE = "manage"
+SCOPES = {
+    SCOPE_MODELS: "call the models and read this key's own usage",
+    SCOPE_MANAGE: "also create, change and revoke keys, read the whole account's ledger and "
+    "usage, and change the account",
+}
+DEFAULT_SCOPES = (SCOPE_MODELS,)
+HOW_TO_MANAGE = (
+    "use a login token (Authorization: Bearer <access token from POST /api/token/>) or an "
+    'API key created with "scopes": ["models", "manage"]'
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,23 @@ def clean_allowlist(entries: Any) -> list[str]:
     return cleaned
 
 
+def default_scopes() -> list[str]:
+    """Return the scopes of a key created without any: the models only."""
+    return list(DEFAULT_SCOPES)
+
+
+def clean_scopes(entries: Any) -> list[str]:
+    """Return scopes known, without duplicates, in a fixed order and always with "models"."""
+    if not isinstance(entries, list | tuple) or not all(isinstance(e, str) for e in entries):
+        raise ValidationError({"scopes": ['Give a list of scopes, e.g. ["models", "manage"].']})
+    unknown = sorted(set(entries) - set(SCOPES))
+    if unknown:
+        raise ValidationError(
+            {"scopes": [f"Unknown scope {unknown[0]!r}; the scopes are: {', '.join(SCOPES)}."]}
+        )
+    return [scope for scope in SCOPES if scope == SCOPE_MODELS or scope in entries]
+
+
 def masked(prefix: str, last4: str) -> str:
     """Return how a stored key is shown: its first and last characters around an ellipsis."""
     return f"{prefix}…{last4}"
@@ -119,6 +154,7 @@ class ApiKeyInfo:
     tpm_limit: int | None = None
     concurrency_limit: int | None = None
     expires_at: datetime | None = None
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
 
     def allows(self, model: str) -> bool:
         """Return whether this key may call `model` ("provider/model"); no allowlist allows all."""
@@ -128,7 +164,14 @@ class ApiKeyInfo:
         return any(name == entry or fnmatchcase(name, entry) for entry in self.allowed_models)
 
     @property
-    def is_restricted(self) -> bool:
-        """Return whether anything narrows this key (a key must not mint a wider one)."""
-        limits = (self.spend_cap, self.rpm_limit, self.tpm_limit, self.concurrency_limit)
-        return bool(self.allowed_models) or any(limit is not None for limit in limits)
+    def can_manage(self) -> bool:
+        """Return whether this key may manage keys and the account, as a login token may."""
+        return SCOPE_MANAGE in self.scopes
+
+    def require_manage(self, *, to: str) -> None:
+        """Refuse (RestrictedApiKey, 403) unless this key has the "manage" scope."""
+        if not self.can_manage:
+            raise RestrictedApiKey(
+                "This API key may only call the models and read its own usage (scope "
+                f'"{SCOPE_MODELS}"); to {to}, {HOW_TO_MANAGE}.'
+            )

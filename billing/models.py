@@ -12,7 +12,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.exceptions import LedgerAppendOnly
-from billing.keys import masked
+from billing.keys import SCOPE_MANAGE, SCOPE_MODELS, default_scopes, masked
 
 
 def is_pattern(model: str) -> bool:
@@ -56,6 +56,12 @@ class ApiKey(models.Model):
     concurrency_limit = models.PositiveIntegerField(
         "concurrent requests", null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    scopes = models.JSONField(
+        default=default_scopes,
+        help_text=f"{SCOPE_MODELS}: call the models and read this key's own usage (every key); "
+        f"{SCOPE_MANAGE}: also create, change and revoke keys, read the whole account's ledger "
+        "and usage, and change the account.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -92,12 +98,16 @@ class CreditAccount(models.Model):
     )
     balance = models.BigIntegerField(default=0, editable=False)
     held = models.BigIntegerField(default=0, editable=False)
+    # What a call cost beyond its hold and the balance (a provider that ignored max_tokens): it
+    # blocks new calls until credits added pay it, by a `debt` entry.
+    debt = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
         constraints = [
             # The database itself refuses a negative balance or a hold the balance can't cover.
             models.CheckConstraint(condition=Q(held__gte=0), name="account_held_not_negative"),
+            models.CheckConstraint(condition=Q(debt__gte=0), name="account_debt_not_negative"),
             models.CheckConstraint(
                 condition=Q(balance__gte=F("held")), name="account_held_covered"
             ),
@@ -132,6 +142,7 @@ class LedgerEntry(models.Model):
         USAGE = "usage"
         REFUND = "refund"
         ADJUSTMENT = "adjustment"
+        DEBT = "debt", "Debt paid"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=16, choices=Kind.choices)

@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 
-from billing.exceptions import ApiKeyNotFound
+from billing.exceptions import ApiKeyNotFound, PriceMissing
 from billing.keys import ApiKeyInfo
 from billing.models import ApiKey, CreditAccount, LedgerEntry, ModelPrice, is_pattern
 from billing.money import MICRO
@@ -37,6 +37,12 @@ class Price:
 
 
 DEFAULT_PRICE = Price(per_request=MICRO, per_1k_prompt=0, per_1k_completion=0)
+
+
+def is_catch_all(pattern: str) -> bool:
+    """Return whether a price pattern matches every model (`*`, `*/*`): a default, not a price
+    of the model's own."""
+    return set(pattern) <= {"*", "/"}
 
 
 def _specificity(pattern: str) -> tuple[int, str]:
@@ -77,13 +83,22 @@ class PriceTable:
             self._loaded = None
 
     def lookup(self, name: str) -> Price:
+        """Return the price of `name`: the exact row, else the most specific pattern, else the
+        default; with PRICE_REQUIRED, neither the default nor a catch-all row (`*`) applies."""
         loaded = self._fresh()
         if name in loaded.exact:
             return loaded.exact[name]
-        return next(
-            (price for pattern, price in loaded.patterns if fnmatchcase(name, pattern)),
-            DEFAULT_PRICE,
-        )
+        required = settings.PRICE_REQUIRED
+        for pattern, price in loaded.patterns:
+            if fnmatchcase(name, pattern) and not (required and is_catch_all(pattern)):
+                return price
+        if required:
+            raise PriceMissing(
+                f"'{name}' has no price, and this gateway serves priced models only "
+                "(PRICE_REQUIRED is on). An administrator can set one at "
+                "/admin/billing/modelprice/add/."
+            )
+        return DEFAULT_PRICE
 
     def _fresh(self) -> _LoadedPrices:
         loaded = self._loaded
@@ -108,7 +123,8 @@ price_table = PriceTable()
 
 def price_for(*, provider: str, model: str) -> Price:
     """Return the price of `provider/model`: the exact row, else the most specific pattern,
-    else the default of one credit per request. Served from the process's price table."""
+    else the default of one credit per request (PriceMissing, 403, with PRICE_REQUIRED).
+    Served from the process's price table."""
     return price_table.lookup(f"{provider}/{model}".lower())
 
 
@@ -116,10 +132,13 @@ def price_for(*, provider: str, model: str) -> Price:
 
 
 def account_balance(*, user: AbstractBaseUser) -> dict[str, int]:
-    """Return the user's balance, held and available micro-credits (zeros without an account)."""
-    account = CreditAccount.objects.filter(pk=user.pk).values("balance", "held").first()
-    balance, held = (account["balance"], account["held"]) if account else (0, 0)
-    return {"balance": balance, "held": held, "available": balance - held}
+    """Return the user's balance, held and available micro-credits, and what the account owes
+    (zeros without an account)."""
+    account = CreditAccount.objects.filter(pk=user.pk).values("balance", "held", "debt").first()
+    balance, held, debt = (
+        (account["balance"], account["held"], account["debt"]) if account else (0, 0, 0)
+    )
+    return {"balance": balance, "held": held, "available": balance - held, "debt": debt}
 
 
 def _day_start(day: date) -> datetime:
@@ -179,9 +198,13 @@ def usage_summary(
 # --- API keys --------------------------------------------------------------------------------
 
 
-def api_key_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
-    """Return the user's keys, newest first, revoked and expired ones included."""
-    return ApiKey.objects.filter(user_id=user.pk).order_by("-created_at", "-id")
+def api_key_list(*, user: AbstractBaseUser, only_id: int | None = None) -> QuerySet[ApiKey]:
+    """Return the user's keys, newest first, revoked and expired ones included (or only the
+    key `only_id`: what a key without the "manage" scope may see)."""
+    api_keys = ApiKey.objects.filter(user_id=user.pk)
+    if only_id is not None:
+        api_keys = api_keys.filter(pk=only_id)
+    return api_keys.order_by("-created_at", "-id")
 
 
 def api_key_get(*, user: AbstractBaseUser, pk: int) -> ApiKey:
@@ -202,7 +225,8 @@ class CachedKey:
 
 
 def api_key_cache_key(digest: str) -> str:
-    return f"billing:apikey:{digest}"
+    # v2: entries carry the key's scopes; an older process's entries (without) are never read.
+    return f"billing:apikey:v2:{digest}"
 
 
 def cached_key_of(api_key: ApiKey) -> CachedKey:
@@ -218,6 +242,7 @@ def cached_key_of(api_key: ApiKey) -> CachedKey:
         tpm_limit=api_key.tpm_limit,
         concurrency_limit=api_key.concurrency_limit,
         expires_at=api_key.expires_at,
+        scopes=tuple(api_key.scopes),
     )
     return CachedKey(info=info, user=api_key.user, revoked_at=api_key.revoked_at)
 

@@ -82,9 +82,11 @@ def test_a_revoked_key_fails_on_its_very_next_request(alice_key):
     assert response.json() == {"detail": "This API key was revoked.", "code": "api_key_revoked"}
 
 
-def test_a_key_revoked_through_the_api_fails_on_its_next_request(alice_key, alice_key_client):
-    assert alice_key_client.delete(f"/api/keys/{alice_key[0].pk}/").status_code == 204
-    response = alice_key_client.get("/api/billing/balance/")
+def test_a_key_revoked_through_the_api_fails_on_its_next_request(alice):
+    api_key, key = api_key_create(user=alice, name="ops", scopes=["models", "manage"])
+    client = key_client(key)
+    assert client.delete(f"/api/keys/{api_key.pk}/").status_code == 204
+    response = client.get("/api/billing/balance/")
     assert response.status_code == 401
     assert response.json()["code"] == "api_key_revoked"
 

@@ -70,9 +70,17 @@ def test_it_lists_only_the_users_keys_without_any_secret(alice_jwt, alice_key, b
     assert "digest" not in listed[0] and "key" not in listed[0]
 
 
-def test_an_api_key_can_list_and_create_keys(alice_key_client):
-    assert alice_key_client.get("/api/keys/").status_code == 200
-    assert alice_key_client.post("/api/keys/", {"name": "more"}, format="json").status_code == 201
+def test_a_models_key_lists_only_itself_and_a_managing_key_creates_keys(alice, alice_key):
+    api_key_create(user=alice, name="other")
+    listed = key_client(alice_key[1]).get("/api/keys/")
+    assert listed.status_code == 200
+    assert [item["id"] for item in listed.json()] == [alice_key[0].pk]
+    assert listed.json()[0]["scopes"] == ["models"]
+    _, manager = api_key_create(user=alice, name="ops", scopes=["models", "manage"])
+    assert len(key_client(manager).get("/api/keys/").json()) == 3
+    response = key_client(manager).post("/api/keys/", {"name": "more"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["scopes"] == ["models"]
 
 
 def test_it_renames_a_key_and_changes_its_allowlist(alice_jwt, alice_key):
@@ -124,8 +132,8 @@ def test_bob_cannot_read_change_or_revoke_alices_key(bob_jwt, alice_key):
     assert bob_jwt.get("/api/keys/").json() == []
 
 
-def test_bob_cannot_reach_alices_key_with_his_own_key(bob_key, alice_key):
-    client = key_client(bob_key[1])
+def test_bob_cannot_reach_alices_key_with_his_own_key(bob, alice_key):
+    client = key_client(api_key_create(user=bob, name="ops", scopes=["manage"])[1])
     assert client.get(f"/api/keys/{alice_key[0].pk}/").status_code == 404
     assert client.delete(f"/api/keys/{alice_key[0].pk}/").status_code == 404
     assert ApiKey.objects.get(pk=alice_key[0].pk).revoked_at is None
@@ -157,7 +165,9 @@ def test_patching_a_key_with_owner_balance_or_secret_fields_changes_nothing(
 
 
 def test_a_restricted_key_cannot_create_or_widen_keys(alice):
-    restricted, key = api_key_create(user=alice, name="narrow", allowed_models=["ollama/*"])
+    restricted, key = api_key_create(
+        user=alice, name="narrow", allowed_models=["ollama/*"], scopes=["models", "manage"]
+    )
     client = key_client(key)
     response = client.post("/api/keys/", {"name": "wide"}, format="json")
     assert response.status_code == 403

@@ -41,7 +41,9 @@ def test_the_plaintext_key_appears_in_no_response_log_or_column(
 
 def exercise_everything(alice_jwt, admin_client, alice):
     """Create a key, use it on every route, look at it in the admin, bill a call with it."""
-    created = alice_jwt.post("/api/keys/", {"name": "secret"}, format="json")
+    created = alice_jwt.post(
+        "/api/keys/", {"name": "secret", "scopes": ["models", "manage"]}, format="json"
+    )
     key, key_id = created.json()["key"], created.json()["id"]
     client = key_client(key)
     responses = [

@@ -115,7 +115,9 @@ def clients(alice, upstream_providers, settings):
     upstream_providers.behave(text="fine")
     key_id = api_key_create(user=alice, name="spare")[0].pk
     by_key = APIClient()
-    by_key.credentials(HTTP_X_API_KEY=api_key_create(user=alice, name="fuzz")[1])
+    by_key.credentials(
+        HTTP_X_API_KEY=api_key_create(user=alice, name="fuzz", scopes=["models", "manage"])[1]
+    )
     return {"key": by_key, "jwt": jwt_client(alice)}, key_id
 
 

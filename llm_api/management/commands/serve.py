@@ -13,7 +13,9 @@ from typing import Any
 
 from decouple import config
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.checks import shared_cache_errors
 
 WSGI_TARGET = "project.wsgi:application"
 
@@ -96,6 +98,10 @@ class Command(BaseCommand):
         add_server_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The system checks saw WEB_WORKERS; --workers can ask for more than that.
+        errors = shared_cache_errors(workers=options["workers"])
+        if errors:
+            raise CommandError(f"{errors[0].msg} {errors[0].hint}")
         argv = server_argv(options)
         self.stdout.write(
             f"Serving on http://{options['host']}:{options['port']}/ with granian (WSGI, "
