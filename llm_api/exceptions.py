@@ -45,3 +45,9 @@ class UnsupportedImage(ServiceError):
     status_code = 415
     code = "unsupported_image"
     default_message = "The image is not in a supported format."
+
+
+class TooManyImages(ServiceError):
+    status_code = 413
+    code = "too_many_images"
+    default_message = "The request has more images than the limit."

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from llm_api.exceptions import InvalidParameter
-from llm_api.images import image_from_url
+from llm_api.images import image_from_url, images_check
 from llm_api.providers.base import ChatRequest, ImagePart, Message, Part, TextPart
 
 ROLES = {
@@ -33,13 +33,21 @@ CHAT_FIELDS = {
 
 @dataclass(slots=True)
 class ChatInput:
-    """A validated chat call: the public model name, the provider request, stream options."""
+    """A validated chat call: the public model name, the provider request, stream options.
+
+    Every dialect ends its validation by building one, so this is where the request's images
+    are checked as a whole, once for every route (`images_check`: their count and total size,
+    then each inline image; URLs stay pending until credits are held).
+    """
 
     model: str | None
     request: ChatRequest
     stream: bool = False
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        images_check(self.request)
 
 
 def require_object(body: Any) -> dict[str, Any]:

@@ -1,9 +1,16 @@
 """Request-wide plumbing that every route shares."""
 
+import io
 import uuid
 from collections.abc import Callable
+from typing import BinaryIO
 
+from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
+
+from project.exception_handler import json_error
+from project.parsers import request_too_large
 
 
 class RequestIdMiddleware:
@@ -21,3 +28,56 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["x-request-id"] = request.request_id
         return response
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse a request body over REQUEST_MAX_BYTES (413) before anything reads it, whatever it
+    holds: JSON, a form or a multipart upload (which would otherwise reach memory or a temporary
+    file in full).
+
+    Django reads a body only up to its Content-Length, so a declared length over the limit is
+    refused here, unread. A body without one (`Transfer-Encoding: chunked`) is read here,
+    counted, refused once it passes the limit, and otherwise handed on as a body of known
+    length. That needs a server that decodes the chunks and ends the input there
+    (`wsgi.input_terminated`: granian, gunicorn); from any other, Django reads such a body as
+    empty, and it is left alone.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.REQUEST_MAX_BYTES
+        length = request.META.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > limit:
+            return self.too_large(request, f"{int(length):,} bytes")
+        if not length and self.chunked(request):
+            body = self.read_counted(request.META["wsgi.input"], limit)
+            if body is None:
+                return self.too_large(request, f"over {limit:,} bytes")
+            # The request's own stream, as Django's WSGIRequest builds it, now of known length.
+            request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
+            request.META["CONTENT_LENGTH"] = str(len(body))
+        return self.get_response(request)
+
+    @staticmethod
+    def chunked(request: HttpRequest) -> bool:
+        encoding = request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        return "chunked" in encoding and bool(request.META.get("wsgi.input_terminated"))
+
+    def read_counted(self, stream: BinaryIO, limit: int) -> bytes | None:
+        """Return the whole body, or None as soon as it passes `limit` bytes."""
+        pieces, size = [], 0
+        while piece := stream.read(min(self.CHUNK, limit + 1 - size)):
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                return None
+        return b"".join(pieces)
+
+    @staticmethod
+    def too_large(request: HttpRequest, size: str) -> HttpResponse:
+        error = request_too_large(size)
+        return json_error(request, error.status_code, error.message, error.code)

@@ -18,6 +18,14 @@ class RequestTooLarge(ServiceError):
     default_message = "The request body is too large."
 
 
+def request_too_large(size: str) -> RequestTooLarge:
+    """Return the 413 for a body of `size` ("41,943,040 bytes") over REQUEST_MAX_BYTES."""
+    return RequestTooLarge(
+        f"The request body is {size}; the limit is {settings.REQUEST_MAX_BYTES:,} bytes "
+        "(REQUEST_MAX_BYTES)."
+    )
+
+
 # A \uD800-\uDFFF escape: half of a surrogate pair, valid only with its other half.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -47,8 +55,9 @@ class JSONParser(parsers.JSONParser):
     """DRF's JSON parser with a size limit, parsing through `json_loads`.
 
     DRF reads JSON straight from the request stream, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE
-    never applies to it; without the limit a client could make the server hold any amount in
-    memory (the body is read at most one byte past the limit, so a chunked body is bounded too).
+    never applies to it. RequestSizeLimitMiddleware refuses every oversized body first; this
+    check stays for a stream that reached the parser some other way (the body is read at most
+    one byte past the limit).
     """
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
@@ -57,18 +66,11 @@ class JSONParser(parsers.JSONParser):
         limit = settings.REQUEST_MAX_BYTES
         length = request.META.get("CONTENT_LENGTH") if request is not None else None
         if length and length.isdigit() and int(length) > limit:
-            raise self._too_large(f"{int(length):,} bytes")
+            raise request_too_large(f"{int(length):,} bytes")
         raw = stream.read(limit + 1)
         if len(raw) > limit:
-            raise self._too_large(f"over {limit:,} bytes")
+            raise request_too_large(f"over {limit:,} bytes")
         try:
             return json_loads(raw.decode(parser_context.get("encoding", settings.DEFAULT_CHARSET)))
         except ValueError as error:
             raise ParseError(f"JSON parse error - {error}") from None
-
-    @staticmethod
-    def _too_large(size: str) -> RequestTooLarge:
-        return RequestTooLarge(
-            f"The request body is {size}; the limit is {settings.REQUEST_MAX_BYTES:,} bytes "
-            "(REQUEST_MAX_BYTES)."
-        )

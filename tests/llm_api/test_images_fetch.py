@@ -2,8 +2,9 @@
 
 The fetch path under test is the real one; a test server that must be reachable sits on
 127.0.0.2, let in by IMAGE_FETCH_ALLOWED_NETWORKS (the setting an operator would use for an
-internal image host), while the "victim" servers on 127.0.0.1 stay forbidden. Name lookups go
-through `resolve_host`, the DNS seam, which some tests stand in for.
+internal image host), while the "victim" servers on 127.0.0.1 stay forbidden. The servers
+listen on ports of their own, let in by IMAGE_FETCH_PORTS (80 and 443 only, unless an operator
+adds one). Name lookups go through `resolve_host`, the DNS seam, which some tests stand in for.
 """
 
 import base64
@@ -14,12 +15,16 @@ import time
 
 import pytest
 
-from llm_api import images
+from billing.models import CreditHold
+from billing.services import credits_grant
+from llm_api import image_urls
 from llm_api.exceptions import ImageTooLarge, InvalidParameter, UnsupportedImage
-from llm_api.images import address_allowed, image_from_url
-from tests.llm_api.conftest import chat
+from llm_api.image_urls import address_allowed
+from llm_api.images import image_fetched, image_from_url
+from tests.llm_api.conftest import balance, chat
 from tests.llm_api.image_server import ImageServer, Route
 from tests.llm_api.seed_support import image_bytes, noisy_png
+from tests.llm_api.test_image_limits import png_claiming
 
 PNG = image_bytes("PNG")
 NOT_PUBLIC = "non-public address"
@@ -33,26 +38,34 @@ def fetching(settings):
     return settings
 
 
+def port_allowed(settings, server: ImageServer) -> None:
+    settings.IMAGE_FETCH_PORTS = [*settings.IMAGE_FETCH_PORTS, server.port]
+
+
 @pytest.fixture
-def victim():
+def victim(settings):
     """A server on the loopback address the gateway must never reach."""
     server = ImageServer("127.0.0.1")
     server.serve("/secret.png", Route(body=PNG, headers={"Content-Type": "image/png"}))
+    port_allowed(settings, server)  # so that only the address rule can refuse it
     yield server
     server.stop()
 
 
 @pytest.fixture
-def allowed():
+def allowed(settings):
     """An image host the test lets the gateway reach."""
     server = ImageServer("127.0.0.2")
     server.serve("/cat.png", Route(body=PNG, headers={"Content-Type": "image/png"}))
+    port_allowed(settings, server)
     yield server
     server.stop()
 
 
 def fetch(url: str):
-    return image_from_url(url, param="messages.0.content.1.image_url.url")
+    """Record the URL as validation does, then fetch it as the pipeline does once credits are
+    held."""
+    return image_fetched(image_from_url(url, param="messages.0.content.1.image_url.url"))
 
 
 # --- off by default -----------------------------------------------------------------------------
@@ -84,9 +97,9 @@ def test_a_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to
 
     def rebinding_dns(host, port):
         lookups.append(host)
-        return [images.ipaddress.ip_address(a) for a in next(answers)]
+        return [image_urls.ipaddress.ip_address(a) for a in next(answers)]
 
-    monkeypatch.setattr(images, "resolve_host", rebinding_dns)
+    monkeypatch.setattr(image_urls, "resolve_host", rebinding_dns)
     part = fetch(f"http://images.example:{allowed.port}/cat.png")
     assert part.data == PNG
     assert lookups == ["images.example"]
@@ -149,9 +162,11 @@ def test_private_link_local_and_reserved_addresses_are_refused_before_connecting
 
 def test_a_name_with_any_private_address_is_refused(fetching, victim, monkeypatch):
     monkeypatch.setattr(
-        images,
+        image_urls,
         "resolve_host",
-        lambda host, port: [images.ipaddress.ip_address(a) for a in ("93.184.216.34", "10.1.1.1")],
+        lambda host, port: [
+            image_urls.ipaddress.ip_address(a) for a in ("93.184.216.34", "10.1.1.1")
+        ],
     )
     with pytest.raises(InvalidParameter, match=NOT_PUBLIC):
         fetch("http://mixed.example/x.png")
@@ -249,10 +264,13 @@ def tls_server(certificate, fetching, monkeypatch):
     server_tls.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
     server = ImageServer("127.0.0.2", tls=server_tls)
     server.serve("/cat.png", Route(body=PNG))
+    port_allowed(fetching, server)
     trust = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
-    monkeypatch.setattr(images, "tls_verify", lambda: trust)  # the trust store, nothing else
+    monkeypatch.setattr(image_urls, "tls_verify", lambda: trust)  # the trust store, nothing else
     monkeypatch.setattr(
-        images, "resolve_host", lambda host, port: [images.ipaddress.ip_address("127.0.0.2")]
+        image_urls,
+        "resolve_host",
+        lambda host, port: [image_urls.ipaddress.ip_address("127.0.0.2")],
     )
     yield server
     server.stop()
@@ -303,7 +321,165 @@ def test_the_address_rules():
         "2606:4700::1111",
         "::ffff:93.184.216.34",
     ]
-    refused = ["127.0.0.1", "::1", "::", "::ffff:10.0.0.1", "169.254.0.5", "fe80::1", "fc00::5"]
-    ip = images.ipaddress.ip_address
+    refused = [
+        "127.0.0.1", "::1", "::", "::ffff:10.0.0.1", "169.254.0.5", "fe80::1", "fc00::5",
+        "64:ff9b:1::808:808", "::ffff:0:808:808",
+    ]  # fmt: skip
+    ip = image_urls.ipaddress.ip_address
     assert all(address_allowed(ip(a)) for a in allowed)
     assert not any(address_allowed(ip(a)) for a in refused)
+
+
+# --- fetched only once credits are held ---------------------------------------------------------
+
+
+def url_message(*urls: str) -> list[dict]:
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, *parts]}]
+
+
+def test_validation_only_records_an_image_url(fetching, allowed):
+    part = image_from_url(f"{allowed.url}/cat.png", param="messages.0.content.1.image_url.url")
+    assert part.pending
+    assert (part.data, part.url) == (b"", f"{allowed.url}/cat.png")
+    assert allowed.requests == []
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_without_credits_an_image_url_is_a_402_and_never_fetched(
+    key_api, alice, fake_upstream, fetching, allowed
+):
+    credits_grant(user=alice, amount=-balance(alice), note="spent")
+    response = chat(key_api, model="openai/gpt-4o", messages=url_message(f"{allowed.url}/cat.png"))
+    assert response.status_code == 402, response.content
+    assert response.json()["error"]["code"] == "insufficient_credits"
+    assert allowed.requests == []
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_a_failed_fetch_releases_the_hold_and_charges_nothing(
+    key_api, alice, fake_upstream, fetching, allowed
+):
+    before = balance(alice)
+    response = chat(
+        key_api, model="openai/gpt-4o", messages=url_message(f"{allowed.url}/missing.png")
+    )
+    assert response.status_code == 400, response.content
+    assert "HTTP 404" in response.json()["error"]["message"]
+    assert [seen.path for seen in allowed.requests] == ["/missing.png"]
+    assert balance(alice) == before
+    assert CreditHold.objects.get().status == CreditHold.Status.RELEASED
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_image_urls_over_the_count_limit_are_a_413_before_any_fetch(
+    key_api, fake_upstream, fetching, allowed
+):
+    fetching.IMAGE_MAX_COUNT = 2
+    url = f"{allowed.url}/cat.png"
+    response = chat(key_api, model="openai/gpt-4o", messages=url_message(url, url, url))
+    assert response.status_code == 413, response.content
+    assert "IMAGE_MAX_COUNT" in response.json()["error"]["message"]
+    assert allowed.requests == []
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_fetched_images_over_the_total_size_limit_are_a_413(
+    key_api, fake_upstream, fetching, allowed
+):
+    fetching.IMAGE_MAX_TOTAL_BYTES = len(PNG) * 2 - 1
+    url = f"{allowed.url}/cat.png"
+    response = chat(key_api, model="openai/gpt-4o", messages=url_message(url, url))
+    assert response.status_code == 413, response.content
+    error = response.json()["error"]
+    assert "IMAGE_MAX_TOTAL_BYTES" in error["message"]
+    assert error["param"] == "messages.0.content.2.image_url.url"
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_a_fetched_bomb_is_a_413_naming_the_pixel_limit(
+    key_api, fake_upstream, fetching, allowed, caplog
+):
+    allowed.serve("/bomb.png", Route(body=png_claiming(20_000, 20_000)))
+    response = chat(key_api, model="openai/gpt-4o", messages=url_message(f"{allowed.url}/bomb.png"))
+    assert response.status_code == 413, response.content
+    assert "IMAGE_MAX_PIXELS" in response.json()["error"]["message"]
+    assert fake_upstream.requests == []
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_the_responses_api_fetches_an_input_image_url_too(
+    key_api, fake_upstream, fetching, allowed
+):
+    item = {
+        "role": "user",
+        "content": [{"type": "input_image", "image_url": f"{allowed.url}/cat.png"}],
+    }
+    response = key_api.post(
+        "/v1/responses", {"model": "openai/gpt-4o", "input": [item]}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    [part] = fake_upstream.last.body["messages"][0]["content"]
+    assert part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+# --- ports and translated addresses -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://93.184.216.34:8080/x.png", "https://93.184.216.34:22/x"])
+def test_a_port_other_than_80_or_443_is_refused_naming_the_rule(fetching, url):
+    with pytest.raises(InvalidParameter, match=r"port 80 or 443 \(IMAGE_FETCH_PORTS\)"):
+        image_from_url(url, param="messages.0.content.1.image_url.url")
+
+
+@pytest.mark.usefixtures("upstream_providers")
+def test_a_port_refusal_through_the_api_is_a_400_naming_the_part(key_api, fake_upstream, fetching):
+    response = chat(
+        key_api, model="openai/gpt-4o", messages=url_message("http://93.184.216.34:6379/x.png")
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages.0.content.1.image_url.url"
+    assert "IMAGE_FETCH_PORTS" in error["message"]
+    assert "6379" in error["message"]
+    assert fake_upstream.requests == []
+
+
+def test_a_redirect_to_another_port_is_refused(fetching, allowed, victim, monkeypatch):
+    fetching.IMAGE_FETCH_PORTS = [80, 443, allowed.port]  # not the victim's
+    monkeypatch.setattr(image_urls, "address_allowed", lambda address: True)  # only the port rule
+    allowed.redirect("/hop.png", f"http://127.0.0.1:{victim.port}/secret.png")
+    with pytest.raises(InvalidParameter, match="IMAGE_FETCH_PORTS"):
+        fetch(f"{allowed.url}/hop.png")
+    assert victim.requests == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b:1::a00:1]",  # local-use NAT64 wrapping 10.0.0.1
+        "[64:ff9b:1::808:808]",  # … even wrapping a public address
+        "[::ffff:0:7f00:1]",  # SIIT, IPv4-translated 127.0.0.1
+        "[::ffff:0:808:808]",  # … 8.8.8.8
+    ],
+)
+def test_translated_ipv6_prefixes_are_refused_without_a_request(fetching, host):
+    started = time.monotonic()
+    with pytest.raises(InvalidParameter, match=NOT_PUBLIC):
+        fetch(f"http://{host}/x.png")
+    assert time.monotonic() - started < 0.5  # refused, not timed out
+
+
+def test_a_name_resolving_to_a_translated_address_is_refused(fetching, monkeypatch):
+    monkeypatch.setattr(
+        image_urls,
+        "resolve_host",
+        lambda host, port: [image_urls.ipaddress.ip_address("64:ff9b:1::1")],
+    )
+    with pytest.raises(InvalidParameter, match=NOT_PUBLIC):
+        fetch("http://translated.example/x.png")

@@ -253,9 +253,9 @@ def test_an_image_over_the_limit_is_a_413_saying_the_limit(key_api, fake_upstrea
 
 
 def test_an_upload_far_over_the_limit_stops_while_it_streams_in(key_api, fake_upstream, settings):
-    # Past FILE_UPLOAD_MAX_MEMORY_SIZE an upload would go to a temporary file: it stops first.
+    # Within REQUEST_MAX_BYTES but far past IMAGE_MAX_BYTES: the rest never reaches memory.
     settings.IMAGE_MAX_BYTES = 100_000
-    huge = b"\xff\xd8\xff" + b"\0" * (settings.FILE_UPLOAD_MAX_MEMORY_SIZE + 10)
+    huge = b"\xff\xd8\xff" + b"\0" * (3 * 2**20)
     response = post_form(key_api, "/image_model/chat/completion", image=photo(huge))
     assert response.status_code == 413
     assert "larger than the limit of 100,000 bytes" in response.json()["detail"]
