@@ -7,7 +7,7 @@ from llm_api.selectors import aliases_changed
 
 @admin.register(ModelAlias)
 class ModelAliasAdmin(admin.ModelAdmin):
-    list_display = ["name", "target", "description"]
+    list_display = ["name", "target", "fallbacks", "description"]
     search_fields = ["name", "target"]
 
     def save_model(self, request: HttpRequest, obj: ModelAlias, form, change: bool) -> None:

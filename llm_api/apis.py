@@ -27,7 +27,7 @@ from llm_api.exceptions import InvalidParameter
 from llm_api.images import ImageUploadLimit
 from llm_api.pipeline import chat_answer, embeddings_answer
 from llm_api.providers import providers
-from llm_api.selectors import models_list, provider_get
+from llm_api.selectors import models_list, provider_get, provider_model_names
 from project.parsers import JSONParser
 
 ANY_JSON = inline_serializer("AnyJson", {"any": serializers.JSONField(required=False)})
@@ -154,7 +154,7 @@ class SupportedModelsApi(APIView):
     )
     def get(self, request: Request) -> Response:
         provider = provider_get(provider_param(request))
-        return Response({"models": provider.list_models()})
+        return Response({"models": provider_model_names(provider)})
 
 
 class ProviderChatApi(LlmApi):

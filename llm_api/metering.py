@@ -9,16 +9,30 @@ is written (`pending`), so a delivered answer is always charged.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+from django.db import DatabaseError
+
 from billing.authentication import ApiKeyInfo
 from billing.selectors import Price, price_for
-from billing.services import credits_hold, credits_release, credits_settle, rows
+from billing.services import (
+    credits_hold,
+    credits_hold_renew,
+    credits_release,
+    credits_settle,
+    rows,
+)
+from billing.services.credits import MAX_AMOUNT
 from llm_api import pending
+from llm_api.images import image_tokens
 from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatRequest, ProviderError, Usage
 
@@ -28,7 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKENS = 800  # what an image may cost in prompt tokens, for the hold only
+FRAMING_TOKENS = 4  # per message: its role and separators
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +61,64 @@ class Caller:
 # --- token estimates ----------------------------------------------------------------------------
 
 
-def prompt_tokens_estimate(request: ChatRequest, *, generous: bool = False) -> int:
-    """Return a prompt-token count for when a provider reports none (and, generous, for holds).
+def prompt_texts(request: ChatRequest) -> Iterator[str]:
+    """Yield every text of the request that reaches the model: each message's text, name,
+    tool call id and tool calls, and the tools, tool choice and response format."""
+    for message in request.messages:
+        yield message.text
+        yield from (value for value in (message.name, message.tool_call_id) if value)
+        if message.tool_calls:
+            yield _json(message.tool_calls)
+    for extra in (request.tools, request.tool_choice, request.response_format):
+        if extra:
+            yield extra if isinstance(extra, str) else _json(extra)
 
-    About four characters a token, plus a few tokens of framing per message; the generous form
-    (three characters a token, images at IMAGE_TOKENS) errs high so holds cover the real cost.
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def prompt_tokens_estimate(request: ChatRequest) -> int:
+    """Return a prompt-token count for when a provider reports none: about four characters a
+    token, plus a few tokens of framing per message and each image's tokens."""
+    chars = sum(len(text) for text in prompt_texts(request))
+    return math.ceil(chars / 4) + FRAMING_TOKENS * len(request.messages) + images_tokens(request)
+
+
+def prompt_tokens_bound(request: ChatRequest) -> int:
+    """Return the most prompt tokens one upstream call of the request can cost, for its hold.
+
+    A token of a byte-level tokenizer (GPT's, Llama's, Gemini's byte fallback) stands for at
+    least one byte of UTF-8, so the byte count of every text that reaches the model bounds its
+    tokens; framing and images are added on top.
     """
-    chars = sum(len(message.text) for message in request.messages)
-    per_token = 3 if generous else 4
-    images = sum(len(message.images) for message in request.messages)
-    return math.ceil(chars / per_token) + 4 * len(request.messages) + images * IMAGE_TOKENS
+    size = sum(len(text.encode("utf-8", "surrogatepass")) for text in prompt_texts(request))
+    return size + FRAMING_TOKENS * len(request.messages) + images_tokens(request)
+
+
+def images_tokens(request: ChatRequest) -> int:
+    """Return what the request's images cost in prompt tokens, by their decoded size (an image
+    URL not fetched yet: the most an image may be, IMAGE_MAX_PIXELS)."""
+    return sum(image_tokens(image) for message in request.messages for image in message.images)
+
+
+# More tokens than any one call can use: a count above it is a provider's mistake, not usage.
+USAGE_TOKENS_MAX = 100_000_000
+
+
+def usage_checked(usage: Usage | None, provider: str) -> Usage | None:
+    """Return a provider's reported usage, or None (the gateway then estimates) when its counts
+    make no sense: not whole numbers, negative, or beyond any call's size."""
+    if usage is None:
+        return None
+    counts = (usage.prompt_tokens, usage.completion_tokens)
+    if all(
+        isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= USAGE_TOKENS_MAX
+        for count in counts
+    ):
+        return usage
+    logger.warning("Provider '%s' reported usage that makes no sense: %r.", provider, counts)
+    return None
 
 
 def completion_tokens_estimate(text_length: int, deltas: int) -> int:
@@ -64,10 +126,14 @@ def completion_tokens_estimate(text_length: int, deltas: int) -> int:
     return max(deltas, math.ceil(text_length / 4))
 
 
-def texts_tokens_estimate(texts: list[str], *, generous: bool = False) -> int:
-    """Return a token count for embedding inputs."""
-    per_token = 3 if generous else 4
-    return sum(math.ceil(len(text) / per_token) for text in texts) + (len(texts) if generous else 0)
+def texts_tokens_estimate(texts: list[str]) -> int:
+    """Return a token count for embedding inputs, about four characters a token."""
+    return sum(math.ceil(len(text) / 4) for text in texts)
+
+
+def texts_tokens_bound(texts: list[str]) -> int:
+    """Return the most tokens the embedding inputs can cost (a token per byte, plus one each)."""
+    return sum(len(text.encode("utf-8", "surrogatepass")) + 1 for text in texts)
 
 
 # --- the meter ----------------------------------------------------------------------------------
@@ -90,19 +156,26 @@ class Meter:
     def __post_init__(self) -> None:
         self.price = price_for(provider=self.target.provider.name, model=self.target.model)
 
-    def hold(self, *, prompt_tokens: int, completion_tokens: int) -> None:
-        """Reserve the most this call can cost; raises InsufficientCredits (402).
+    def hold(self, amount: int) -> None:
+        """Reserve `amount`, the most this call can cost; raises InsufficientCredits (402).
 
         The database connection goes back to the pool with the write (`ledger_write`), so the
         request holds none while the provider works.
         """
         credits_hold(
             user_id=self.caller.user_id,
-            amount=self.price.cost(prompt_tokens, completion_tokens),
+            amount=amount,
             request_id=self.caller.request_id,
             api_key_id=self.caller.api_key_id,
             model=self.target.name,
         )
+        running.add(self.caller.request_id)
+
+    def answered_by(self, target: Target) -> None:
+        """Meter `target` from now on (a fallback took over): its name and its price."""
+        if target is not self.target:
+            self.target = target
+            self.price = price_for(provider=target.provider.name, model=target.model)
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -113,13 +186,15 @@ class Meter:
         if self.done:
             return 0
         self.done = True
+        running.discard(self.caller.request_id)
         if self.admission is not None:
             self.admission.settle(usage.total_tokens)
-        cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        cost = min(self.price.cost(usage.prompt_tokens, usage.completion_tokens), MAX_AMOUNT)
         pending.write(
             "settle",
             request_id=self.caller.request_id,
             cost=cost,
+            model=self.target.name,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             estimated=usage.estimated,
@@ -132,6 +207,7 @@ class Meter:
         if self.done:
             return
         self.done = True
+        running.discard(self.caller.request_id)
         if self.admission is not None:
             self.admission.settle(0)
         code = error.code if error else "client_closed"
@@ -159,6 +235,59 @@ class Meter:
             "latency_ms": int((now - self.started) * 1000),
             "ttft_ms": int((ttft - self.started) * 1000) if ttft else None,
         }
+
+
+# --- holds of calls in progress ----------------------------------------------------------------
+
+
+class RunningHolds:
+    """The holds of this process's calls in progress, renewed together by one thread.
+
+    Every third of HOLD_TTL_SECONDS one statement pushes their expiry a TTL ahead, so the sweep
+    never releases the hold of a call still running (a long stream, a slow model), while the
+    holds of a process that died stop being renewed and expire within a TTL.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+
+    def add(self, request_id: str) -> None:
+        with self._lock:
+            self._ids.add(request_id)
+            if self._keeper is None or not self._keeper.is_alive():  # none yet, or forked
+                self._keeper = threading.Thread(target=self._keep, name="hold-keeper", daemon=True)
+                self._keeper.start()
+
+    def discard(self, request_id: str) -> None:
+        with self._lock:
+            self._ids.discard(request_id)
+
+    def renew(self) -> None:
+        """Renew every running hold now."""
+        with self._lock:
+            request_ids = list(self._ids)
+        if not request_ids:
+            return
+        try:
+            credits_hold_renew(request_ids=request_ids)
+        except DatabaseError:
+            # The next round tries again; a hold renewed late is still charged at its settle.
+            logger.warning("Renewing %d running holds failed.", len(request_ids))
+
+    def _keep(self) -> None:
+        renewed_at = time.monotonic()
+        while True:
+            # Short naps, so a changed HOLD_TTL_SECONDS applies at once.
+            every = settings.HOLD_TTL_SECONDS / 3
+            time.sleep(min(1.0, every))
+            if time.monotonic() - renewed_at >= every:
+                renewed_at = time.monotonic()
+                self.renew()
+
+
+running = RunningHolds()
 
 
 # --- what `pending` writes ----------------------------------------------------------------------

@@ -5,11 +5,28 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 
+def target_problem(target: object) -> str | None:
+    """Return what is wrong with a `provider/model` target, or None when it is well formed."""
+    provider, _, model = target.partition("/") if isinstance(target, str) else ("", "", "")
+    if provider not in settings.LLM_PROVIDERS or not model:
+        return f"Write provider/model with a provider of: {', '.join(settings.LLM_PROVIDERS)}."
+    return None
+
+
 class ModelAlias(models.Model):
-    """A short name for a provider's model, e.g. `fast` → `gemini/gemini-2.0-flash`."""
+    """A short name for a provider's model, e.g. `fast` → `gemini/gemini-2.0-flash`, and the
+    targets that answer in its place, in order, when the one before fails before its first
+    byte."""
 
     name = models.CharField(max_length=100, unique=True)
     target = models.CharField(max_length=200, help_text="provider/model, e.g. openai/gpt-4o-mini")
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Further provider/model targets, tried in order, e.g. ["gemini/gemini-2.0-'
+        'flash", "ollama/llama3"]: when the one before fails before its first byte (no '
+        "connection, timeout, 429, 5xx).",
+    )
     description = models.CharField(max_length=200, blank=True)
 
     class Meta:
@@ -20,10 +37,15 @@ class ModelAlias(models.Model):
         return f"{self.name} → {self.target}"
 
     def clean(self) -> None:
-        provider, _, model = self.target.partition("/")
-        if provider not in settings.LLM_PROVIDERS or not model:
-            names = ", ".join(settings.LLM_PROVIDERS)
-            raise ValidationError({"target": f"Write provider/model with a provider of: {names}."})
+        problem = target_problem(self.target)
+        if problem:
+            raise ValidationError({"target": problem})
+        if not isinstance(self.fallbacks, list):
+            raise ValidationError({"fallbacks": 'Write a JSON list, e.g. ["ollama/llama3"].'})
+        for fallback in self.fallbacks:
+            problem = target_problem(fallback)
+            if problem:
+                raise ValidationError({"fallbacks": f"{fallback!r}: {problem}"})
         if "/" in self.name:
             raise ValidationError({"name": "An alias cannot contain '/'."})
 

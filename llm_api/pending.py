@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError
+from django.db import DatabaseError, DataError, IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ def drain() -> int:
                 continue  # another process wrote it and removed the file, or it is being written
             try:
                 _writers[entry["kind"]](**entry["arguments"])
-            except IntegrityError:
-                # The database answers but will never take this one (a row it names is gone):
+            except (IntegrityError, DataError):
+                # The database answers but will never take this one (a row it names is gone, a
+                # value it cannot store):
                 # set it aside for an administrator rather than block every write behind it.
                 logger.exception("A queued metering write was refused for good: %s", path.name)
                 path.replace(path.with_suffix(".refused"))

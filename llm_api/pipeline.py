@@ -17,29 +17,37 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.http import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.authentication import api_key_of
-from llm_api import limits
+from billing.selectors import price_for
+from llm_api import fallbacks, limits
 from llm_api.exceptions import ModelNotAllowed, UnsupportedParameter
+from llm_api.images import images_fetch
 from llm_api.metering import (
     Caller,
     Meter,
     completion_tokens_estimate,
+    prompt_tokens_bound,
     prompt_tokens_estimate,
+    texts_tokens_bound,
     texts_tokens_estimate,
+    usage_checked,
 )
 from llm_api.providers.base import ChatRequest, ChatResult, EmbeddingResult, ProviderError, Usage
 from llm_api.schemas import ChatInput
-from llm_api.selectors import Target, model_resolve
+from llm_api.selectors import Target, model_targets
 from llm_api.streaming import MeteredStream, sse_response
+from project.exceptions import ServiceError
 
 if TYPE_CHECKING:
     from llm_api.dialects.base import Dialect
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -50,6 +58,7 @@ class Call:
     chat: ChatInput
     target: Target
     created: int
+    caller: Caller | None = None  # who calls: seed 001's slots are shared fairly between keys
 
     @property
     def model(self) -> str:
@@ -71,14 +80,41 @@ def caller_of(request: Request) -> Caller:
 
 def target_for(caller: Caller, model: str | None, provider_name: str | None = None) -> Target:
     """Resolve the model and apply the key's allowlist."""
-    target = model_resolve(model, provider_name=provider_name)
-    if caller.api_key and not caller.api_key.allows(target.name):
+    return targets_for(caller, model, provider_name)[0]
+
+
+def targets_for(
+    caller: Caller, model: str | None, provider_name: str | None = None
+) -> list[Target]:
+    """Resolve the model into its targets (an alias's fallbacks after the first), keeping
+    those the key's allowlist allows; raise ModelNotAllowed when it allows none."""
+    targets = model_targets(model, provider_name=provider_name)
+    allowed = [t for t in targets if not caller.api_key or caller.api_key.allows(t.name)]
+    if not allowed:
         raise ModelNotAllowed(
-            f"This API key may not use '{target.name}'. Allowed: "
-            f"{', '.join(caller.api_key.allowed_models)}.",
+            f"This API key may not use '{targets[0].name}'. Allowed: "
+            f"{', '.join(caller.api_key.allowed_models)}.",  # type: ignore[union-attr]
             param="model",
         )
-    return target
+    return allowed
+
+
+def usable(targets: list[Target], request: ChatRequest, *, stream: bool) -> list[Target]:
+    """Return the targets that can honour the request and have a price; when none can, raise
+    the first target's refusal (UnsupportedParameter, PriceMissing)."""
+    kept: list[Target] = []
+    refusal: ServiceError | None = None
+    for target in targets:
+        try:
+            capabilities_check(target, request, stream=stream)
+            price_for(provider=target.provider.name, model=target.model)
+        except ServiceError as problem:
+            refusal = refusal or problem
+            continue
+        kept.append(target)
+    if not kept and refusal is not None:
+        raise refusal
+    return kept
 
 
 def capabilities_check(target: Target, request: ChatRequest, *, stream: bool) -> None:
@@ -128,39 +164,71 @@ def chat_answer(
 ) -> HttpResponseBase:
     """Answer a chat call in `dialect`: one answer object, or a stream of its events."""
     caller = caller_of(request)
-    target = target_for(caller, chat.model, provider_name)
-    capabilities_check(target, chat.request, stream=chat.stream)
-    chat.request.model = target.model
-    call = Call(caller.request_id, chat, target, int(time.time()))
-    prompt_tokens = prompt_tokens_estimate(chat.request, generous=True)
-    completion_tokens = chat.request.max_tokens * chat.request.n
+    targets = targets_for(caller, chat.model, provider_name)
+    targets = usable(targets, chat.request, stream=chat.stream)
+    chat.request.model = targets[0].model
+    call = Call(caller.request_id, chat, targets[0], int(time.time()), caller)
     with ExitStack() as admitted:
-        admission = admitted.enter_context(
-            limits.admitted(caller, tokens=prompt_tokens + completion_tokens)
-        )
+        tokens = max(tokens_bound(target, chat.request) for target in targets)
+        admission = admitted.enter_context(limits.admitted(caller, tokens=tokens))
         admitted.enter_context(dialect.admit(call))
         meter = Meter(
-            caller=caller, target=target, route=route, stream=chat.stream, admission=admission
+            caller=caller, target=targets[0], route=route, stream=chat.stream, admission=admission
         )
-        meter.hold(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        meter.hold(max(cost_bound(target, chat.request) for target in targets))
+        with released_on_error(meter):
+            images_fetch(chat.request)  # image URLs: fetched only once credits are held
         if chat.stream:
-            with released_on_error(meter):
-                upstream = target.provider.chat_stream(chat.request)
+            upstream = first_answer(
+                meter, targets, lambda target: target.provider.chat_stream(on(target, chat.request))
+            )
+            call.target = meter.target
             stream = MeteredStream(meter, chat.request, upstream, dialect.writer(call))
             # From here the response owns the admission: its close releases it.
             response = sse_response(iter(stream), [stream.close, admitted.pop_all().close])
         else:
-            response = Response(dialect.answer(call, chat_run(meter, chat.request)))
+            result = first_answer(
+                meter, targets, lambda target: provider_chat(target, on(target, chat.request))
+            )
+            call.target = meter.target
+            response = Response(dialect.answer(call, chat_settle(meter, chat.request, result)))
     for name, value in admission.headers.items():
         response[name] = value
     return response
 
 
-def chat_run(meter: Meter, request: ChatRequest) -> ChatResult:
-    """Call the provider for a whole answer and charge its usage (estimated when it gave none)."""
+def first_answer(meter: Meter, targets: list[Target], attempt: Callable[[Target], T]) -> T:
+    """Return the first answer of the targets, in order: one that fails before its first byte
+    in a way worth retrying (no connection, timeout, 429, 5xx) hands over to the next, after a
+    jittered pause. Nothing has reached the client yet, so a fallback is invisible to it; the
+    meter ends on the target that answered (its name and price). Release the hold if all fail.
+    """
+    candidates = fallbacks.ordered(targets)
     with released_on_error(meter):
-        result = provider_chat(meter.target, request)
+        for number, target in enumerate(candidates):
+            meter.answered_by(target)
+            try:
+                answer = attempt(target)
+            except ProviderError as error:
+                if not error.retryable or number == len(candidates) - 1:
+                    raise
+                fallbacks.failed(target, error)
+                fallbacks.pause(number + 1)
+                continue
+            fallbacks.answered(target)
+            return answer
+    raise AssertionError("unreachable: the last target's failure is raised")
+
+
+def on(target: Target, request: ChatRequest) -> ChatRequest:
+    """Return the request as `target` receives it: its own model name."""
+    return dataclasses.replace(request, model=target.model)
+
+
+def chat_settle(meter: Meter, request: ChatRequest, result: ChatResult) -> ChatResult:
+    """Charge a whole answer's usage (estimated when the provider gave none)."""
     meter.first_token()
+    result.usage = usage_checked(result.usage, meter.target.provider.name)
     if result.usage is None:
         text = sum(len(choice.text) for choice in result.choices)
         result.usage = Usage(
@@ -168,6 +236,24 @@ def chat_run(meter: Meter, request: ChatRequest) -> ChatResult:
         )
     meter.settle(result.usage)
     return result
+
+
+def tokens_bound(target: Target, request: ChatRequest) -> int:
+    """Return the most tokens the request can use on `target` (prompt and completion)."""
+    prompt = prompt_tokens_bound(request) * upstream_calls(target, request)
+    return prompt + request.max_tokens * request.n
+
+
+def cost_bound(target: Target, request: ChatRequest) -> int:
+    """Return the most the request can cost on `target`: its hold."""
+    price = price_for(provider=target.provider.name, model=target.model)
+    prompt = prompt_tokens_bound(request) * upstream_calls(target, request)
+    return price.cost(prompt, request.max_tokens * request.n)
+
+
+def upstream_calls(target: Target, request: ChatRequest) -> int:
+    """Return how many upstream calls the request takes: n without native `n`, else one."""
+    return request.n if request.n > 1 and not target.provider.capabilities.n else 1
 
 
 def provider_chat(target: Target, request: ChatRequest) -> ChatResult:
@@ -220,12 +306,13 @@ def embeddings_answer(
     target = target_for(caller, model)
     if not target.provider.capabilities.embeddings:
         raise UnsupportedParameter(f"'{target.name}' does not offer embeddings.", param="model")
-    tokens = texts_tokens_estimate(inputs, generous=True)
+    tokens = texts_tokens_bound(inputs)
     with limits.admitted(caller, tokens=tokens) as admission:
         meter = Meter(caller=caller, target=target, route="embeddings", admission=admission)
-        meter.hold(prompt_tokens=tokens, completion_tokens=0)
+        meter.hold(meter.price.cost(tokens, 0))
         with released_on_error(meter):
             result = target.provider.embed(target.model, inputs)
+        result.usage = usage_checked(result.usage, target.provider.name)
         if result.usage is None:
             result.usage = Usage(texts_tokens_estimate(inputs), 0, estimated=True)
         meter.settle(result.usage)

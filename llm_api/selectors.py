@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -58,13 +60,51 @@ _models = TimedCache(settings.MODELS_CACHE_SECONDS)
 
 
 def aliases() -> dict[str, str]:
-    """Return {alias: provider/model}."""
-    return _aliases.get(lambda: dict(ModelAlias.objects.values_list("name", "target")))
+    """Return {alias: provider/model} (the first target of each alias)."""
+    return {name: chain[0] for name, chain in alias_chains().items()}
+
+
+def alias_chains() -> dict[str, list[str]]:
+    """Return {alias: [provider/model, fallback, ...]}: MODEL_FALLBACKS, then the admin's aliases
+    (which win over a setting of the same name)."""
+    rows = _aliases.get(
+        lambda: {
+            name: [target, *fallbacks]
+            for name, target, fallbacks in ModelAlias.objects.values_list(
+                "name", "target", "fallbacks"
+            )
+        }
+    )
+    return {**configured_fallbacks(), **rows}  # type: ignore[dict-item]
+
+
+def configured_fallbacks() -> dict[str, list[str]]:
+    """Return MODEL_FALLBACKS as {alias: [provider/model, ...]}; what is not well formed is left
+    out (the system check llm_api.E010 names it at start-up)."""
+    value = settings.MODEL_FALLBACKS
+    if isinstance(value, str):
+        try:
+            value = json.loads(value or "{}")
+        except ValueError:
+            return {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        name: list(targets)
+        for name, targets in value.items()
+        if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+    }
+
+
+# Each provider's model list, so that listing routes never reach a provider more often than
+# every MODELS_CACHE_SECONDS, however often they are called (a failure is not kept).
+_provider_lists: dict[str, TimedCache] = {}
 
 
 def aliases_changed() -> None:
     _aliases.clear()
     _models.clear()
+    _provider_lists.clear()
 
 
 def provider_get(name: str) -> Provider:
@@ -98,26 +138,55 @@ def model_resolve(name: str | None, *, provider_name: str | None = None) -> Targ
     return Target(provider_get(settings.DEFAULT_PROVIDER), name)
 
 
+def model_targets(name: str | None, *, provider_name: str | None = None) -> list[Target]:
+    """Return the targets that may answer for `name`, in order: an alias's chain (its targets
+    whose provider is configured), else the one `model_resolve` gives."""
+    chain = alias_chains().get(name or "") if provider_name is None else None
+    if not chain or len(chain) == 1:
+        return [model_resolve(name, provider_name=provider_name)]
+    targets, problems = [], []
+    for target in chain:
+        try:
+            targets.append(model_resolve(target))
+        except ProviderUnavailable as problem:
+            problems.append(problem)
+    if not targets:
+        raise problems[0]
+    return targets
+
+
+def provider_model_names(provider: Provider) -> list[str]:
+    """Return a provider's model names, asked of it at most every MODELS_CACHE_SECONDS;
+    raise ProviderError when it cannot say."""
+    key = f"{provider.name}:{id(provider)}"  # a provider rebuilt (new settings) asks again
+    listed = _provider_lists.get(key)
+    if listed is None:
+        listed = _provider_lists.setdefault(key, TimedCache(settings.MODELS_CACHE_SECONDS))
+    return listed.get(provider.list_models)  # type: ignore[no-any-return]
+
+
 def provider_models(provider: Provider) -> list[str]:
     """Return a provider's model names; an unreachable provider lists none (and is logged)."""
     try:
-        return provider.list_models()
+        return provider_model_names(provider)
     except ProviderError as error:
         logger.warning("Listing models of %s failed: %s", provider.name, error.message)
         return []
 
 
-def models_list() -> list[dict[str, str]]:
+def models_list() -> list[dict[str, Any]]:
     """Return every available model as `provider/model`, plus the aliases, cached a while."""
 
-    def compute() -> list[dict[str, str]]:
+    def compute() -> list[dict[str, Any]]:
         entries = []
         for provider in providers.all():
             if provider.available:
                 for model in provider_models(provider):
                     entries.append({"id": f"{provider.name}/{model}", "owned_by": provider.name})
-        for alias, target in aliases().items():
-            entries.append({"id": alias, "owned_by": target.partition("/")[0], "alias_of": target})
+        for alias, chain in alias_chains().items():
+            target = chain[0]
+            entry = {"id": alias, "owned_by": target.partition("/")[0], "alias_of": target}
+            entries.append({**entry, "fallbacks": chain[1:]} if len(chain) > 1 else entry)
         return entries
 
     return _models.get(compute)  # type: ignore[return-value]

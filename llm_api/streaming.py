@@ -15,7 +15,12 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from llm_api.metering import Meter, completion_tokens_estimate, prompt_tokens_estimate
+from llm_api.metering import (
+    Meter,
+    completion_tokens_estimate,
+    prompt_tokens_estimate,
+    usage_checked,
+)
 from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatChunk, ChatRequest, ChatStream, ProviderError, Usage
 
@@ -92,7 +97,7 @@ class MeteredStream:
 
     def _chunk(self, chunk: ChatChunk) -> bytes | None:
         if chunk.usage is not None:
-            self.reported = chunk.usage
+            self.reported = usage_checked(chunk.usage, self.meter.target.provider.name)
         if chunk.text:
             self.meter.first_token()
             self.text_length += len(chunk.text)
@@ -117,10 +122,11 @@ class MeteredStream:
 
     def _end(self, *, finished: bool) -> Usage:
         self.upstream.close()
-        produced = self.deltas > 0
-        if not produced and (self.error is not None or not finished):
+        if self.deltas == 0 and self.error is not None:
             self.meter.release(self.error)
             return Usage(0, 0)
+        # A client that leaves before the first token still pays the prompt (estimated): the
+        # upstream accepted the call and has read it.
         usage = self.reported if finished and self.reported else self._estimate()
         status = UsageRecord.Status.OK
         if self.error is not None:

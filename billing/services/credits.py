@@ -87,9 +87,31 @@ def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
 
 
 def _credit(account_id: int, amount: int, **entry: object) -> LedgerEntry:
-    """Add `amount` (positive) to the balance and record it; call inside a transaction."""
+    """Add `amount` (positive) to the balance and record it, then pay what the account owes
+    from it; call inside a transaction."""
     CreditAccount.objects.filter(pk=account_id).update(balance=F("balance") + amount)
-    return LedgerEntry.objects.create(account_id=account_id, amount=amount, **entry)
+    credited = LedgerEntry.objects.create(account_id=account_id, amount=amount, **entry)
+    _debt_pay(account_id)
+    return credited
+
+
+def _debt_pay(account_id: int) -> None:
+    """Pay the account's debt from its available balance, as far as it goes, by a `debt`
+    entry (so the balance stays the sum of the ledger); call inside a transaction."""
+    account = CreditAccount.objects.select_for_update().get(pk=account_id)
+    paid = min(account.debt, account.available)
+    if paid <= 0:
+        return
+    accounts = CreditAccount.objects.filter(pk=account_id)
+    accounts.update(balance=F("balance") - paid, debt=F("debt") - paid)
+    left = account.debt - paid
+    LedgerEntry.objects.create(
+        account_id=account_id,
+        kind=Kind.DEBT,
+        amount=-paid,
+        note=f"Debt paid: {format_credits(paid)} credits owed by calls that cost more than "
+        f"they held" + (f"; {format_credits(left)} still owed." if left else "."),
+    )
 
 
 def account_open(*, user: AbstractBaseUser) -> CreditAccount:
@@ -164,6 +186,12 @@ def _reserve_on_account(user_id: int, amount: int) -> None:
     if rows.execute(rows.sql("reserve_account"), [amount, user_id, amount]):
         return
     account = CreditAccount.objects.filter(pk=user_id).first() or CreditAccount(balance=0, held=0)
+    if account.debt:
+        raise InsufficientCredits(
+            f"The account owes {format_credits(account.debt)} credits: an earlier call cost "
+            "more than it held and the balance could pay. Add credits to pay the debt; calls "
+            "resume once it is paid."
+        )
     raise InsufficientCredits(
         f"Insufficient credits: the balance is {format_credits(account.balance)} credits "
         f"({format_credits(account.held)} held by calls in progress) and this call needs up to "
@@ -216,6 +244,20 @@ def credits_hold(
         raise DuplicateRequestId(f"Credits are already held for request {request_id}.") from error
 
 
+def credits_hold_renew(*, request_ids: list[str]) -> int:
+    """Push the expiry of these open holds HOLD_TTL_SECONDS from now (their requests are still
+    running, so the sweep must not release them); return how many were open."""
+    expires_at = timezone.now() + timedelta(seconds=settings.HOLD_TTL_SECONDS)
+    renewed = 0
+    for start in range(0, len(request_ids), 500):
+        with ledger_write():
+            held = CreditHold.objects.filter(
+                request_id__in=request_ids[start : start + 500], status=HoldStatus.HELD
+            )
+            renewed += held.update(expires_at=expires_at)
+    return renewed
+
+
 def _open_hold(request_id: str) -> CreditHold | None:
     try:
         return CreditHold.objects.get(request_id=request_id, status=HoldStatus.HELD)
@@ -257,6 +299,15 @@ def _charge_account(account_id: int, cost: int, released: int) -> int:
     return charged
 
 
+def _key_room(api_key_id: int, released: int) -> int:
+    """Return what the key's spend cap lets a settle charge, counting `released` (its own hold)
+    as room: a cost above its hold never takes the key past its cap."""
+    spend_cap, spent, held = rows.fetch_one(rows.sql("key_read"), [api_key_id])
+    if spend_cap is None:
+        return MAX_AMOUNT
+    return max(0, spend_cap - spent - (held - released))
+
+
 def credits_settle(
     *,
     request_id: str,
@@ -264,6 +315,7 @@ def credits_settle(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     estimated: bool = False,
+    model: str | None = None,
     record: Callable[[], object] | None = None,
 ) -> LedgerEntry | None:
     """Charge a request's actual cost, release the rest of its hold and record one usage entry.
@@ -271,9 +323,11 @@ def credits_settle(
     Exactly once per request id: a repeat, or a settle after the hold was released, does nothing
     and returns None. A hold that expired while its request was still running (a stream longer
     than HOLD_TTL_SECONDS) is still charged: the usage happened. A cost above what is held is
-    taken from the remaining balance but never below zero; what could not be collected is
-    written in the entry's note. `record` (say, the request's usage row) is written in the same
-    transaction, so a request costs one write here.
+    taken from the remaining balance but never below zero, nor past the key's spend cap; what
+    could not be collected is written in the entry's note and added to the account's debt,
+    which blocks new holds until credits added pay it: nothing is written off. `record` (say,
+    the request's usage row) is written in the same transaction, so a request costs one write
+    here.
     """
     _require_int(cost, "cost")
     _require_int(prompt_tokens, "prompt_tokens")
@@ -294,9 +348,14 @@ def credits_settle(
             claimed = rows.fetch_one(rows.sql("hold_claim"), claim)
         if claimed is None:
             return None
-        amount, account_id, api_key_id, model = claimed
+        amount, account_id, api_key_id, held_model = claimed
         released = amount if was_held else 0
-        charged = _charge_account(account_id, cost, released)
+        allowed = cost
+        if api_key_id and cost > released:
+            allowed = min(cost, _key_room(api_key_id, released))
+        charged = _charge_account(account_id, allowed, released)
+        if charged < cost:
+            rows.execute(rows.sql("debt_add"), [cost - charged, account_id])
         if api_key_id:
             rows.execute(rows.sql("charge_key"), [released, charged, api_key_id])
         entry = {
@@ -306,7 +365,7 @@ def credits_settle(
             "created_at": now,
             "request_id": request_id,
             "api_key_id": api_key_id,
-            "model": model,
+            "model": model or held_model,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "estimated": estimated,
@@ -326,8 +385,10 @@ def _shortfall_note(cost: int, charged: int) -> str:
     if charged == cost:
         return ""
     return (
-        f"The call cost {format_credits(cost)} credits; {format_credits(cost - charged)} could "
-        "not be collected because the balance ran out."
+        f"The call cost {format_credits(cost)} credits, more than it held and the balance (or "
+        "the key's spend cap) allowed; "
+        f"{format_credits(cost - charged)} are owed (the account's debt), paid from the next "
+        "credits added."
     )
 
 
@@ -361,10 +422,13 @@ class _Sweep:
 
 
 def _holds_expire_if_due() -> None:
-    """Run holds_expire at most once a minute across all processes; nearly free otherwise."""
+    """Run holds_expire at most once a minute (a third of HOLD_TTL_SECONDS if less) across all
+    processes; nearly free otherwise."""
     now = time.monotonic()
     if now < _Sweep.next_at:
         return
-    _Sweep.next_at = now + SWEEP_INTERVAL_SECONDS
-    if cache.add("billing:holds-expire", True, SWEEP_INTERVAL_SECONDS):
+    # A dead process's hold outlives its TTL by at most a third of one (or a minute).
+    interval = max(1, min(SWEEP_INTERVAL_SECONDS, settings.HOLD_TTL_SECONDS // 3))
+    _Sweep.next_at = now + interval
+    if cache.add("billing:holds-expire", True, interval):
         holds_expire()

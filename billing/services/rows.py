@@ -100,8 +100,9 @@ def statements(vendor: str) -> dict[str, str]:
     account, key, hold = _table(CreditAccount), _table(ApiKey), _table(CreditHold)
     account_pk, key_pk = _column(CreditAccount, "user"), _column(ApiKey, "id")
     return {
+        # An account in debt holds nothing until credits added have paid the debt.
         "reserve_account": f"UPDATE {account} SET held = held + %s "
-        f"WHERE {account_pk} = %s AND balance >= held + %s",
+        f"WHERE {account_pk} = %s AND balance >= held + %s AND debt = 0",
         "reserve_key": f"UPDATE {key} SET held = held + %s WHERE {key_pk} = %s "
         "AND (spend_cap IS NULL OR spend_cap >= spent + held + %s)",
         # Claims the request's hold in the status given, in one statement (RETURNING: SQLite
@@ -116,6 +117,10 @@ def statements(vendor: str) -> dict[str, str]:
         + (" FOR UPDATE" if vendor == "postgresql" else ""),
         "charge_at_most": f"UPDATE {account} SET balance = balance - %s, held = held - %s "
         f"WHERE {account_pk} = %s",
+        # When the cost is more than what is held: what the key's spend cap leaves (locked).
+        "key_read": f"SELECT spend_cap, spent, held FROM {key} WHERE {key_pk} = %s"
+        + (" FOR UPDATE" if vendor == "postgresql" else ""),
+        "debt_add": f"UPDATE {account} SET debt = debt + %s WHERE {account_pk} = %s",
         "charge_key": f"UPDATE {key} SET held = held - %s, spent = spent + %s WHERE {key_pk} = %s",
     }
 

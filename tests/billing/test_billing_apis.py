@@ -41,6 +41,7 @@ def test_it_shows_the_balance_held_and_available_credits(alice_jwt, alice):
         "balance": "500.000000",
         "held": "2.500000",
         "available": "497.500000",
+        "debt": "0.000000",
     }
 
 

@@ -187,15 +187,23 @@ def test_settling_the_same_request_id_twice_charges_once(alice):
     assert_balanced(alice)
 
 
-def test_a_cost_above_the_hold_is_taken_from_what_is_left_but_never_below_zero(alice):
+def test_a_cost_above_the_hold_takes_what_is_left_and_the_rest_is_debt(alice):
     credits_grant(user=alice, amount=-490 * MICRO)
     credits_hold(user_id=alice.pk, amount=4 * MICRO, request_id="req_1")
     credits_hold(user_id=alice.pk, amount=2 * MICRO, request_id="req_2")
     entry = credits_settle(request_id="req_1", cost=20 * MICRO)
     assert entry.amount == -8 * MICRO  # 10 left, 2 still held by req_2
-    assert "could not be collected" in entry.note and "12" in entry.note
+    assert "12 are owed" in entry.note
     acc = account(alice)
-    assert (acc.balance, acc.held) == (2 * MICRO, 2 * MICRO)
+    assert (acc.balance, acc.held, acc.debt) == (2 * MICRO, 2 * MICRO, 12 * MICRO)
+    assert_balanced(alice)
+    # The debt blocks new holds; settling the other hold releases it, then a grant pays it.
+    with pytest.raises(InsufficientCredits, match="owes 12"):
+        credits_hold(user_id=alice.pk, amount=1, request_id="req_3")
+    credits_release(request_id="req_2")
+    credits_grant(user=alice, amount=20 * MICRO)
+    acc = account(alice)
+    assert (acc.balance, acc.held, acc.debt) == (10 * MICRO, 0, 0)
     assert_balanced(alice)
 
 
