@@ -25,8 +25,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache, caches
@@ -40,6 +40,8 @@ from project.exceptions import ServiceError
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05  # how often a waiting call looks for a free shared slot
+
+Lease = TypeVar("Lease", bound=Hashable)
 
 
 class ModelBusy(ServiceError):
@@ -99,38 +101,49 @@ class LocalSlots:
 # --- across processes --------------------------------------------------------------------------
 
 
-class LeaseKeeper:
-    """Renews this process's shared-slot leases from one daemon thread while any are held."""
+class LeaseKeeper(Generic[Lease]):
+    """Renews this process's leases from one daemon thread while any are held.
 
-    def __init__(self) -> None:
-        self._held: set[str] = set()
+    `renew_all(leases)` pushes each lease's expiry a full CONCURRENCY_LEASE_SECONDS ahead; the
+    thread calls it every third of a lease. The shared slots below and the in-flight limits
+    (`llm_api.limits`) each keep their leases here.
+    """
+
+    def __init__(self, renew_all: Callable[[list[Lease]], None], name: str) -> None:
+        self._renew_all = renew_all
+        self._name = name
+        self._held: set[Lease] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, key: str) -> None:
+    def hold(self, lease: Lease) -> None:
         with self._lock:
-            self._held.add(key)
+            self._held.add(lease)
             # After a fork the thread object is copied but not running: start a new one.
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="llm-slot-keeper")
+                self._thread = threading.Thread(target=self._run, name=self._name)
                 self._thread.daemon = True
                 self._thread.start()
 
-    def drop(self, key: str) -> None:
+    def drop(self, lease: Lease) -> None:
         with self._lock:
-            self._held.discard(key)
+            self._held.discard(lease)
+
+    def holds(self, lease: Lease) -> bool:
+        return lease in self._held
 
     def renew(self) -> None:
         """Push every held lease's expiry a full lease ahead."""
-        lease = settings.CONCURRENCY_LEASE_SECONDS
         with self._lock:
-            keys = list(self._held)
-        for key in keys:
-            try:
-                if not cache.touch(key, lease) and key in self._held:
-                    logger.warning("Concurrency slot %s expired before it was released.", key)
-            except Exception:  # the cache is down: the lease may lapse, the call goes on
-                logger.warning("Could not renew concurrency slot %s.", key, exc_info=True)
+            leases = list(self._held)
+        if not leases:
+            return
+        try:
+            self._renew_all(leases)
+        except Exception:  # the cache is down: the leases may lapse, the calls go on
+            logger.warning(
+                "Could not renew %d lease(s) (%s).", len(leases), self._name, exc_info=True
+            )
 
     def _run(self) -> None:
         while True:
@@ -142,7 +155,7 @@ class SharedSlots:
     """Slots counted in the shared cache: leased keys, renewed while held (see the module)."""
 
     def __init__(self) -> None:
-        self.keeper = LeaseKeeper()
+        self.keeper: LeaseKeeper[str] = LeaseKeeper(self._renew, "llm-slot-keeper")
 
     def take(self, name: str, limit: int, wait: float) -> Slot | None:
         """Return a held slot, or None when none came free within `wait` seconds."""
@@ -167,6 +180,12 @@ class SharedSlots:
             if cache.add(key, token, timeout=lease):
                 return key
         return None
+
+    def _renew(self, keys: list[str]) -> None:
+        lease = settings.CONCURRENCY_LEASE_SECONDS
+        for key in keys:
+            if not cache.touch(key, lease) and self.keeper.holds(key):
+                logger.warning("Concurrency slot %s expired before it was released.", key)
 
     def _release(self, key: str, token: str) -> None:
         self.keeper.drop(key)

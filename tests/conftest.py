@@ -7,6 +7,8 @@ from rest_framework.test import APIClient
 from accounts.services import user_create
 from billing.selectors import price_table
 from billing.services.credits import _Sweep
+from llm_api import fallbacks
+from llm_api.limits.store import local_store
 from llm_api.selectors import aliases_changed
 
 pytest_plugins = ["tests.fake_upstream", "tests.live"]
@@ -18,6 +20,8 @@ def _forget_process_state() -> None:
     cache.clear()
     price_table.clear()
     aliases_changed()
+    fallbacks.reset()
+    local_store.clear()
     _Sweep.next_at = 0.0
 
 

@@ -5,13 +5,13 @@ seed's parameter table; `POST /image_model/chat/completion` and `/image_model/ch
 multipart form: an `image` file, a `prompt` and the same parameters as form fields. Answers are
 `{"response": text}`; streams are SSE events `data: {"response": piece}` ending `data: [DONE]`.
 The models are TEXT_MODEL and IMAGE_MODEL; each call holds one of its model's slots (the limit
-step), at most <ROLE>_MAX_CONCURRENCY at once.
+step), at most <ROLE>_MAX_CONCURRENCY at once and one key at most MODEL_SLOT_SHARE of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +22,7 @@ from llm_api.concurrency import slot_take
 from llm_api.dialects.seed000 import Reply
 from llm_api.exceptions import InvalidParameter, UnsupportedParameter
 from llm_api.images import image_from_upload
+from llm_api.limits import model_share_held
 from llm_api.pipeline import Call
 from llm_api.providers.base import ChatRequest, Message, TextPart
 from llm_api.schemas import ChatInput
@@ -123,7 +124,8 @@ def image_model_check() -> None:
 class ModelSlotReply(Reply):
     """Seed 001: as Reply, and each call holds a slot of its model role (`text_model`,
     `image_model`) for the whole call or the whole stream: at most
-    <ROLE>_MAX_CONCURRENCY at once."""
+    <ROLE>_MAX_CONCURRENCY at once, and one key at most its share of them
+    (MODEL_SLOT_SHARE; over it, 429 at once, while other keys still find slots)."""
 
     def __init__(self, role: str) -> None:
         self.role = role
@@ -131,7 +133,10 @@ class ModelSlotReply(Reply):
     @contextmanager
     def admit(self, call: Call) -> Iterator[None]:
         limit = getattr(settings, f"{self.role.upper()}_MAX_CONCURRENCY")
-        with slot_take(name=self.role, limit=limit):
+        with ExitStack() as held:
+            if call.caller is not None:
+                held.enter_context(model_share_held(call.caller, role=self.role, cap=limit))
+            held.enter_context(slot_take(name=self.role, limit=limit))
             yield
 
 
