@@ -17,6 +17,9 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from llm_api.providers.base import Provider, ProviderError
+from llm_api.providers.timeouts import SOURCES, Timeouts
+
+TIMEOUT_SETTINGS = {"LLM_TIMEOUT", *(setting for _, setting in SOURCES.values())}
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class ProviderHandler:
                 code="model_not_found",
             ) from None
         backend = import_string(config["BACKEND"])
-        return backend(name, dict(config.get("OPTIONS", {})), settings.LLM_TIMEOUT)
+        return backend(name, dict(config.get("OPTIONS", {})), Timeouts.from_settings())
 
     def all(self) -> list[Provider]:
         return [self[name] for name in self.names]
@@ -78,5 +81,5 @@ providers = ProviderHandler()
 
 @receiver(setting_changed)
 def _reset_providers(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"LLM_PROVIDERS", "LLM_TIMEOUT"}:
+    if setting == "LLM_PROVIDERS" or setting in TIMEOUT_SETTINGS:
         providers.reset()

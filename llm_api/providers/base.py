@@ -12,9 +12,11 @@ import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from llm_api.providers.timeouts import Timeouts, Watch, describe
 from project.exceptions import ServiceError
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -27,11 +29,26 @@ class TextPart:
 
 @dataclass(frozen=True, slots=True)
 class ImagePart:
-    """An image already fetched and checked by the gateway: raw bytes and their MIME type."""
+    """An image in a request: raw bytes, their MIME type and decoded size, checked by the gateway.
+
+    An http(s) image URL is only recorded while the request is validated (`url` set, `data`
+    empty: `pending`); `llm_api.images.images_fetch` fetches it once credits are held, so a
+    provider only ever sees fetched, checked images.
+    """
 
     data: bytes
     mime_type: str
     detail: str | None = None
+    width: int | None = None
+    height: int | None = None
+    url: str | None = None
+    # Where the client put the image ("messages.0.content.1.image_url.url"), for errors.
+    param: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Return whether the image is a URL not fetched yet."""
+        return self.url is not None and not self.data
 
 
 Part = TextPart | ImagePart
@@ -244,10 +261,13 @@ class Provider:
     # option name -> the environment variable a user sets for it
     required_options: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, name: str, options: dict[str, Any], timeout: float) -> None:
+    def __init__(self, name: str, options: dict[str, Any], timeout: float | Timeouts) -> None:
+        """`timeout`: the defaults (from settings), or one number as LLM_TIMEOUT meant it;
+        the provider's OPTIONS override either (see `Timeouts.with_options`)."""
         self.name = name
         self.options = options
-        self.timeout = float(options.get("timeout", timeout))
+        defaults = timeout if isinstance(timeout, Timeouts) else Timeouts.uniform(timeout)
+        self.timeouts = defaults.with_options(options)
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -367,14 +387,35 @@ def upstream_unreachable(provider: str) -> ProviderError:
     )
 
 
-def upstream_timeout(provider: str) -> ProviderError:
-    """Return the error for an upstream that did not answer within the timeout."""
-    return ProviderError(
-        f"The provider '{provider}' did not answer in time.",
-        status_code=504,
-        code="upstream_timeout",
-        retryable=True,
-    )
+def upstream_timeout(
+    provider: str, timeout: str = "", seconds: float = 0.0, *, answered: bool = False
+) -> ProviderError:
+    """Return the error for an upstream that did not answer in time: which `timeout` ran out
+    after how many `seconds` (none: the upstream said so itself, HTTP 408). Retrying helps only
+    a call that had not been `answered` yet (no first byte)."""
+    message = f"The provider '{provider}' did not answer in time."
+    if timeout:
+        message = describe(provider, timeout, seconds)
+    return ProviderError(message, status_code=504, code="upstream_timeout", retryable=not answered)
+
+
+@contextmanager
+def watched(provider: str, watch: Watch | None) -> Iterator[None]:
+    """Report a stream that `watch` cut as the timeout that ran out, however its SDK saw the
+    cut: as a broken connection, or as a clean end."""
+    try:
+        yield
+    except Exception as error:
+        if watch is not None and watch.fired:
+            raise _watch_timeout(provider, watch) from error
+        raise
+    if watch is not None and watch.fired:
+        raise _watch_timeout(provider, watch)
+
+
+def _watch_timeout(provider: str, watch: Watch) -> ProviderError:
+    which = watch.fired or "gap"
+    return upstream_timeout(provider, which, watch.timeouts.seconds(which), answered=True)
 
 
 def upstream_dropped(provider: str) -> ProviderError:
@@ -415,10 +456,11 @@ class ResponseChatStream(GeneratorChatStream):
     """
 
     def __init__(self, chunks: Iterator[ChatChunk], response: Any) -> None:
-        super().__init__(chunks, on_close=self._cut)
+        super().__init__(chunks, on_close=self.cut)
         self._response = response
 
-    def _cut(self) -> None:
+    def cut(self) -> None:
+        """Cut the connection at once, from any thread (the reading side then fails)."""
         # A response read to its end is closed already, and its connection is back in the pool.
         if self._response is None or self._response.is_closed:
             return

@@ -7,6 +7,7 @@ pool and can close a stream's response at once when the client hangs up.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,9 @@ from llm_api.providers.base import (
     upstream_status_error,
     upstream_timeout,
     upstream_unreachable,
+    watched,
 )
+from llm_api.providers.timeouts import Timeouts, Watch, sdk_timeout
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -59,26 +62,33 @@ class GeminiProvider(Provider):
     capabilities = Capabilities(tools=False)
     required_options = {"api_key": "GEMINI_API_KEY"}
 
-    def __init__(self, name: str, options: dict[str, Any], timeout: float) -> None:
+    def __init__(self, name: str, options: dict[str, Any], timeout: float | Timeouts) -> None:
         super().__init__(name, options, timeout)
         # The HTTP response a thread's last request opened, so its stream can be closed.
         self._opened = threading.local()
 
     def _build_client(self) -> genai.Client:
         http_client = httpx2.Client(
-            timeout=self.timeout,
+            timeout=self.timeouts.for_httpx(httpx2),
             limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
             follow_redirects=True,
-            event_hooks={"response": [self._remember_response]},
+            event_hooks={"request": [self._set_timeouts], "response": [self._remember_response]},
         )
+        total = self.timeouts.total
         http_options = types.HttpOptions(
             base_url=self.options.get("base_url") or None,
             # v1beta carries every generation option we map (system instruction, JSON schema).
             api_version=self.options.get("api_version") or "v1beta",
-            timeout=int(self.timeout * 1000),
+            # Sent as X-Server-Timeout; the SDK also makes it each request's one timeout, which
+            # `_set_timeouts` replaces with the four.
+            timeout=None if math.isinf(total) else math.ceil(total * 1000),
             httpx_client=http_client,
         )
         return genai.Client(api_key=self.options["api_key"], http_options=http_options)
+
+    def _set_timeouts(self, request: httpx2.Request) -> None:
+        # Before a stream's first chunk; a Watch applies the gap and the total after it.
+        request.extensions["timeout"] = self.timeouts.for_httpx(httpx2).as_dict()
 
     def _remember_response(self, response: httpx2.Response) -> None:
         self._opened.response = response
@@ -106,11 +116,14 @@ class GeminiProvider(Provider):
         return ChatResult(model=model, choices=choices, usage=_usage(response.usage_metadata))
 
     def chat_stream(self, request: ChatRequest) -> ChatStream:
+        watch = Watch(self.timeouts)
         responses = self.client.models.generate_content_stream(**self._params(request))
         # The SDK sends the request on the first step: take it here, so errors raise from here.
         with self._translated():
             first = next(responses, None)
-        return ResponseChatStream(self._chunks(first, responses), self._opened.response)
+        stream = ResponseChatStream(self._chunks(first, responses, watch), self._opened.response)
+        watch.start(stream.cut)
+        return stream
 
     def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         with self._translated():
@@ -142,34 +155,41 @@ class GeminiProvider(Provider):
     # --- the answer --------------------------------------------------------------------------
 
     def _chunks(
-        self, first: types.GenerateContentResponse | None, rest: Iterator[Any]
+        self, first: types.GenerateContentResponse | None, rest: Iterator[Any], watch: Watch
     ) -> Iterator[ChatChunk]:
         usage = None
         try:
-            with self._translated(streaming=True):
+            with self._translated(streaming=True, watch=watch):
                 response = first
                 while response is not None:
                     yield from _stream_chunks(response)
                     usage = _usage(response.usage_metadata) or usage
+                    watch.waiting()
                     response = next(rest, None)
             if usage:
                 yield ChatChunk(usage=usage)
         finally:
+            watch.stop()
             rest.close()  # type: ignore[attr-defined]
 
     # --- failures ----------------------------------------------------------------------------
 
     @contextmanager
-    def _translated(self, *, streaming: bool = False) -> Iterator[None]:
-        """Turn every SDK or transport failure inside the block into one ProviderError."""
+    def _translated(self, *, streaming: bool = False, watch: Watch | None = None) -> Iterator[None]:
+        """Turn every SDK or transport failure inside the block into one ProviderError (a
+        stream the watch cut: the timeout that ran out, also when the SDK saw a clean end)."""
         if not streaming:
             self._opened.response = None
         try:
-            yield
+            with watched(self.name, watch):
+                yield
+        except ProviderError:
+            raise
         except errors.APIError as error:
             raise self._status_error(error) from error
         except TIMEOUTS as error:
-            raise upstream_timeout(self.name) from error
+            which = sdk_timeout(error, self.timeouts)
+            raise upstream_timeout(self.name, which, self.timeouts.seconds(which)) from error
         except CONNECT_ERRORS as error:
             raise upstream_unreachable(self.name) from error
         except TRANSPORT_ERRORS as error:

@@ -13,13 +13,14 @@ from typing import Any
 
 from llm_api.providers.base import Capabilities
 from llm_api.providers.openai import OpenAIProvider
+from llm_api.providers.timeouts import Timeouts
 
 
 class InhouseProvider(OpenAIProvider):
     required_options = {"base_url": "INHOUSE_BASE_URL"}
     capabilities = Capabilities(images=False, n=False, embeddings=False, stream_usage=False)
 
-    def __init__(self, name: str, options: dict[str, Any], timeout: float) -> None:
+    def __init__(self, name: str, options: dict[str, Any], timeout: float | Timeouts) -> None:
         super().__init__(name, options, timeout)
         # SmolLM2 reads no images and serves no embeddings; another model may (OPTIONS flags).
         self.capabilities = replace(

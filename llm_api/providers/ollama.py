@@ -33,7 +33,9 @@ from llm_api.providers.base import (
     upstream_status_error,
     upstream_timeout,
     upstream_unreachable,
+    watched,
 )
+from llm_api.providers.timeouts import Timeouts, Watch, sdk_timeout
 
 # ChatRequest field -> Ollama option
 OPTIONS = {
@@ -51,7 +53,7 @@ class OllamaProvider(Provider):
     capabilities = Capabilities(n=False, unsupported_params=frozenset({"tool_choice"}))
     required_options = {"host": "OLLAMA_HOST"}
 
-    def __init__(self, name: str, options: dict[str, Any], timeout: float) -> None:
+    def __init__(self, name: str, options: dict[str, Any], timeout: float | Timeouts) -> None:
         super().__init__(name, options, timeout)
         # The HTTP response a thread's last request opened, so its stream can be closed.
         self._opened = threading.local()
@@ -59,7 +61,8 @@ class OllamaProvider(Provider):
     def _build_client(self) -> ollama.Client:
         return ollama.Client(
             host=self.options["host"],
-            timeout=self.timeout,
+            # Before a stream's first chunk; a Watch applies the gap and the total after it.
+            timeout=self.timeouts.for_httpx(httpx),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
             event_hooks={"response": [self._remember_response]},
         )
@@ -83,11 +86,14 @@ class OllamaProvider(Provider):
         return ChatResult(model=model, choices=[choice], usage=_usage(response))
 
     def chat_stream(self, request: ChatRequest) -> ChatStream:
+        watch = Watch(self.timeouts)
         responses = self.client.chat(**self._params(request), stream=True)
         # The SDK sends the request on the first step: take it here, so errors raise from here.
         with self._translated():
             first = next(responses, None)
-        return ResponseChatStream(self._chunks(first, responses), self._opened.response)
+        stream = ResponseChatStream(self._chunks(first, responses, watch), self._opened.response)
+        watch.start(stream.cut)
+        return stream
 
     def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         with self._translated():
@@ -124,32 +130,39 @@ class OllamaProvider(Provider):
     # --- the answer --------------------------------------------------------------------------
 
     def _chunks(
-        self, first: ollama.ChatResponse | None, rest: Iterator[Any]
+        self, first: ollama.ChatResponse | None, rest: Iterator[Any], watch: Watch
     ) -> Iterator[ChatChunk]:
         try:
-            with self._translated(streaming=True):
+            with self._translated(streaming=True, watch=watch):
                 response = first
                 while response is not None:
                     chunk = _chunk(response)
                     if chunk is not None:
                         yield chunk
+                    watch.waiting()
                     response = next(rest, None)
         finally:
+            watch.stop()
             rest.close()  # type: ignore[attr-defined]
 
     # --- failures ----------------------------------------------------------------------------
 
     @contextmanager
-    def _translated(self, *, streaming: bool = False) -> Iterator[None]:
-        """Turn every SDK or transport failure inside the block into one ProviderError."""
+    def _translated(self, *, streaming: bool = False, watch: Watch | None = None) -> Iterator[None]:
+        """Turn every SDK or transport failure inside the block into one ProviderError (a
+        stream the watch cut: the timeout that ran out, also when the SDK saw a clean end)."""
         if not streaming:
             self._opened.response = None
         try:
-            yield
+            with watched(self.name, watch):
+                yield
+        except ProviderError:
+            raise
         except ollama.ResponseError as error:
             raise self._status_error(error) from error
         except httpx.TimeoutException as error:
-            raise upstream_timeout(self.name) from error
+            which = sdk_timeout(error, self.timeouts)
+            raise upstream_timeout(self.name, which, self.timeouts.seconds(which)) from error
         except (httpx.ConnectError, ConnectionError) as error:
             # The SDK turns a refused connection into the builtin ConnectionError.
             raise upstream_unreachable(self.name) from error

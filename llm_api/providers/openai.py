@@ -39,6 +39,7 @@ from llm_api.providers.base import (
     upstream_timeout,
     upstream_unreachable,
 )
+from llm_api.providers.timeouts import sdk_timeout
 
 # Sampling options sent as they are when the request sets them.
 PASSTHROUGH = (
@@ -60,7 +61,8 @@ class OpenAIProvider(Provider):
     # --- the client ------------------------------------------------------------------------
 
     def _build_client(self) -> openai.OpenAI:
-        timeout = httpx2.Timeout(self.timeout)
+        # The model list and embeddings (through the SDK); chat calls apply all four in `wire`.
+        timeout = self.timeouts.for_httpx(httpx2)
         http_client = openai.DefaultHttpx2Client(
             timeout=timeout,
             limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=200),
@@ -73,7 +75,7 @@ class OpenAIProvider(Provider):
             max_retries=0,
             http_client=http_client,
         )
-        self._upstream = wire.Upstream(str(client.base_url), timeout=self.timeout)
+        self._upstream = wire.Upstream(str(client.base_url), timeout=self.timeouts)
         self._headers = {
             "Authorization": f"Bearer {client.api_key}",
             "Content-Type": "application/json",
@@ -228,19 +230,21 @@ class OpenAIProvider(Provider):
         try:
             yield
         except wire.WireTimeout as error:
-            raise upstream_timeout(self.name) from error
+            seconds = self.timeouts.seconds(error.which)
+            raise upstream_timeout(
+                self.name, error.which, seconds, answered=error.answered
+            ) from error
         except wire.WireConnectError as error:
             raise upstream_unreachable(self.name) from error
         except wire.WireError as error:
             raise (upstream_dropped if streaming else upstream_unreachable)(self.name) from error
-        except openai.APITimeoutError as error:
-            raise upstream_timeout(self.name) from error
+        except (openai.APITimeoutError, httpx2.TimeoutException) as error:
+            which = sdk_timeout(error, self.timeouts)
+            raise upstream_timeout(self.name, which, self.timeouts.seconds(which)) from error
         except openai.APIConnectionError as error:
             raise upstream_unreachable(self.name) from error
         except openai.APIStatusError as error:
             raise self._status_error(error) from error
-        except httpx2.TimeoutException as error:
-            raise upstream_timeout(self.name) from error
         except (httpx2.TransportError, httpx2.StreamError) as error:
             raise (upstream_dropped if streaming else upstream_unreachable)(self.name) from error
         except (json.JSONDecodeError, KeyError, TypeError) as error:

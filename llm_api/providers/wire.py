@@ -8,6 +8,10 @@ can be read without waiting, so the server's own thread reads the upstream and s
 silence, and a chunk costs a `recv` and a split. Connections are kept alive in a small pool
 per upstream; TLS through `ssl`. It speaks to the upstream directly, never through an HTTP
 proxy (HTTPS_PROXY and the like do not apply to chat calls; the README says so).
+
+Timeouts (see `timeouts`): a `Deadline` per call bounds each wait: connecting, then the first
+byte (the status line of a whole answer, the first event of a stream), then each gap (between
+two events, or two reads of a whole body), and all of them by the total.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from llm_api.providers.timeouts import Timeouts
+
 READ_SIZE = 65536
 MAX_HEADER_BYTES = 65536
 HEX_DIGITS = b"0123456789abcdefABCDEF"
@@ -31,17 +37,51 @@ class WireError(Exception):
 
 
 class WireTimeout(WireError):
-    """The peer did not answer within the timeout."""
+    """The peer did not answer within timeout `which`; `answered`: after its first byte."""
+
+    def __init__(self, which: str, *, answered: bool = False) -> None:
+        super().__init__(f"the {which} timeout ran out")
+        self.which = which
+        self.answered = answered
 
 
 class WireConnectError(WireError):
     """No connection could be made."""
 
 
-class Upstream:
-    """One upstream origin (scheme, host, port) and its idle keep-alive connections."""
+class Deadline:
+    """The wait a call is in (`which` timeout, ending `at`), within the call's total."""
 
-    def __init__(self, base_url: str, *, timeout: float, max_idle: int = 64) -> None:
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+        self.end = time.monotonic() + timeouts.total
+        self.answered = False
+        self.which, self.at = "connect", self.end
+        self.wait("connect")
+
+    def wait(self, which: str) -> None:
+        """Start a wait bounded by timeout `which`, or by the total when that ends first."""
+        at = time.monotonic() + self.timeouts.seconds(which)
+        self.which, self.at = (which, at) if at < self.end else ("total", self.end)
+
+    def left(self) -> float:
+        """Return the seconds left of the wait; raise WireTimeout when none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> WireTimeout:
+        return WireTimeout(self.which, answered=self.answered)
+
+
+class Upstream:
+    """One upstream origin (scheme, host, port) and its idle keep-alive connections.
+
+    `timeout`: the four timeouts, or one number for connect, first byte and gap (no total).
+    """
+
+    def __init__(self, base_url: str, *, timeout: float | Timeouts, max_idle: int = 64) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -50,7 +90,7 @@ class Upstream:
         self.port = parts.port or (443 if self.tls else 80)
         self.base_path = parts.path.rstrip("/")
         self.host_header = parts.netloc.rpartition("@")[2]
-        self.timeout = timeout
+        self.timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts.uniform(timeout)
         self._idle: list[socket.socket] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
@@ -59,17 +99,21 @@ class Upstream:
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> Response:
         """Send a POST and return the response once its status and headers have arrived."""
         head = self._head(path, body, headers)
+        deadline = Deadline(self.timeouts)
         for attempt in range(2):
-            sock, reused = self._connection(fresh=attempt > 0)
+            sock, reused = self._connection(deadline, fresh=attempt > 0)
+            # Sending the request is part of waiting for its answer.
+            deadline.wait("first_byte")
             try:
+                sock.settimeout(deadline.left())
                 sock.sendall(head + body)
-                return Response(self, sock)._read_head()
+                return Response(self, sock, deadline)._read_head()
             except (OSError, ValueError, WireError) as error:
                 _close(sock)
                 # A kept-alive connection the upstream had closed meanwhile: once more, fresh.
                 if reused and attempt == 0 and not isinstance(error, TimeoutError | WireTimeout):
                     continue
-                raise _wire_error(error) from error
+                raise _wire_error(error, deadline) from error
         raise WireError("unreachable")  # pragma: no cover
 
     def _head(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -81,17 +125,28 @@ class Upstream:
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _connection(self, *, fresh: bool = False) -> tuple[socket.socket, bool]:
+    def _connection(self, deadline: Deadline, *, fresh: bool = False) -> tuple[socket.socket, bool]:
         with self._lock:
             if self._idle and not fresh:
                 return self._idle.pop(), True
+        deadline.wait("connect")
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=deadline.left())
+        except TimeoutError as error:
+            raise deadline.expired() from error
         except OSError as error:
             raise WireConnectError(str(error)) from error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls_context is not None:
-            sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+            try:  # the TLS handshake is part of connecting
+                sock.settimeout(deadline.left())
+                sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+            except TimeoutError as error:
+                _close(sock)
+                raise deadline.expired() from error
+            except (OSError, ValueError) as error:
+                _close(sock)
+                raise WireConnectError(str(error)) from error
         return sock, False
 
     def _keep(self, sock: socket.socket) -> None:
@@ -105,9 +160,10 @@ class Upstream:
 class Response:
     """An upstream answer being read: status, headers, then the body (whole or as events)."""
 
-    def __init__(self, upstream: Upstream, sock: socket.socket) -> None:
+    def __init__(self, upstream: Upstream, sock: socket.socket, deadline: Deadline) -> None:
         self.upstream = upstream
         self.sock: socket.socket | None = sock
+        self.deadline = deadline
         self.buffer = bytearray()
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -160,7 +216,9 @@ class Response:
 
     def read(self) -> bytes:
         """Return the whole body (then the connection goes back to the pool)."""
+        self.deadline.answered = True  # the status line has come
         while not self.complete:
+            self.deadline.wait("gap")
             self._fill()
             self._decode()
         body = bytes(self._body)
@@ -181,8 +239,11 @@ class Response:
                 continue
             if not line:
                 if data:
-                    yield b"\n".join(data)
-                    data = []
+                    event, data = b"\n".join(data), []
+                    # The wait for the next event starts now (and `ready` waits within it).
+                    self.deadline.answered = True
+                    self.deadline.wait("gap")
+                    yield event
             elif line.startswith(b"data:"):
                 data.append(line[5:].lstrip(b" "))
         if data:
@@ -191,19 +252,21 @@ class Response:
 
     def ready(self, timeout: float) -> bool:
         """Return whether the next event (or the end) can be read without waiting, waiting up
-        to `timeout` seconds for the upstream to send the rest of it."""
-        deadline = time.monotonic() + timeout
+        to `timeout` seconds for the upstream to send the rest of it. True also once the call's
+        own wait has run out: the read then raises WireTimeout at once."""
+        until = min(time.monotonic() + timeout, self.deadline.at)
         while not (self.complete or b"\n\n" in self._body or b"\r\n\r\n" in self._body):
             sock = self.sock
             if sock is None:
                 return True
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
             try:
-                readable = pending or select.select([sock], [], [], deadline - time.monotonic())[0]
+                wait = max(0.0, until - time.monotonic())
+                readable = pending or select.select([sock], [], [], wait)[0]
             except (OSError, ValueError):
                 return True  # closed meanwhile: the read will say so
             if not readable:
-                return False
+                return time.monotonic() >= self.deadline.at
             try:
                 self._fill()
                 self._decode()
@@ -238,9 +301,10 @@ class Response:
         if sock is None:
             raise WireError("the connection was closed")
         try:
+            sock.settimeout(self.deadline.left())
             data = sock.recv(READ_SIZE)
         except TimeoutError as error:
-            raise WireTimeout("the upstream did not answer in time") from error
+            raise self.deadline.expired() from error
         except OSError as error:
             raise WireError(str(error)) from error
         if not data:
@@ -303,9 +367,9 @@ def _close(sock: socket.socket) -> None:
         sock.close()
 
 
-def _wire_error(error: BaseException) -> WireError:
+def _wire_error(error: BaseException, deadline: Deadline) -> WireError:
     if isinstance(error, WireError):
         return error
     if isinstance(error, TimeoutError):
-        return WireTimeout(str(error))
+        return deadline.expired()
     return WireError(str(error))

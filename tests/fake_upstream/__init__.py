@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fake_upstream.lockstep import Gate
-from tests.fake_upstream.server import FakeUpstream, closed_port_url, wait_until
+from tests.fake_upstream.server import FakeUpstream, closed_port_url, unanswered_url, wait_until
 from tests.fake_upstream.wires import Behaviour, RecordedRequest
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "RecordedRequest",
     "closed_port_url",
     "fake_upstream",
+    "unanswered_url",
     "upstream_providers",
     "wait_until",
 ]

@@ -11,8 +11,11 @@ import json
 import re
 import select
 import socket
+import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,6 +27,7 @@ from tests.fake_upstream.wires import (
     JsonReply,
     OllamaWire,
     OpenAIWire,
+    RawReply,
     RecordedRequest,
     Reply,
     StreamReply,
@@ -89,12 +93,14 @@ class FakeUpstream:
         }
         return {**env, "LLM_TIMEOUT": str(timeout)} if timeout else env
 
-    def llm_providers(self, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-        """Return an LLM_PROVIDERS setting with all four providers pointed here."""
+    def llm_providers(self, timeout: float = 5.0, **extra: Any) -> dict[str, dict[str, Any]]:
+        """Return an LLM_PROVIDERS setting with all four providers pointed here; `extra`
+        options (e.g. gap_timeout=0.3) go to every provider."""
         env, module = self.env(), "llm_api.providers"
 
         def entry(backend: str, **options: Any) -> dict[str, Any]:
-            return {"BACKEND": f"{module}.{backend}", "OPTIONS": {**options, "timeout": timeout}}
+            options = {**options, "timeout": timeout, **extra}
+            return {"BACKEND": f"{module}.{backend}", "OPTIONS": options}
 
         return {
             "openai": entry(
@@ -143,6 +149,9 @@ class FakeUpstream:
         model = (request.body or {}).get("model") or (args[-1] if len(args) > 1 else "")
         if b.model_not_found:
             return JsonReply(b.error_body or wire.not_found(str(model)), 404)
+        if b.raw_body is not None:
+            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            return RawReply(b.raw_body, b.status, b.raw_content_type, headers)
         if b.status != 200:
             body = b.error_body or wire.error(b.status, f"Fake upstream error {b.status}.", None)
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
@@ -192,9 +201,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.upstream
         reply = fake.answer(request)
         fake.sleep(fake.behaviour.delay)
+        if fake.behaviour.reset_before_answer:
+            return self._reset()
         try:
             if isinstance(reply, JsonReply):
                 self._send_json(reply)
+            elif isinstance(reply, RawReply):
+                self._send_raw(reply)
             else:
                 self._send_stream(reply)
         except OSError:
@@ -224,6 +237,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_raw(self, reply: RawReply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
     def _send_stream(self, reply: StreamReply) -> None:
         behaviour = self.upstream.behaviour
         try:
@@ -242,8 +264,15 @@ class _Handler(BaseHTTPRequestHandler):
         for count, event in enumerate(reply.events):
             if behaviour.drop_after is not None and count >= behaviour.drop_after:
                 return self._drop()
-            if count:
-                fake.sleep(behaviour.chunk_delay)
+            if behaviour.stall_after is not None and count >= behaviour.stall_after:
+                return self._stall()
+            if behaviour.reset_after is not None and count >= behaviour.reset_after:
+                return self._reset()
+            if behaviour.end_after is not None and count >= behaviour.end_after:
+                break
+            if behaviour.garbage is not None and count == behaviour.garbage_at:
+                self._write_chunk(behaviour.garbage)
+            fake.sleep(behaviour.chunk_delay if count else behaviour.first_event_delay)
             if count in steps and not self._wait_turn(gate, steps[count]):
                 return None
             if not self._write_chunk(event):
@@ -290,6 +319,23 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return True
 
+    def _stall(self) -> None:
+        """Send nothing more, keeping the connection open, until the client hangs up."""
+        fake = self.upstream
+        while not fake.stopping and not self._peer_closed():
+            fake.sleep(0.02)
+        self.close_connection = True
+        if not fake.stopping:
+            fake.stream_closed_early.set()
+
+    def _reset(self) -> None:
+        """Reset the connection (TCP RST, as from an upstream that crashed): the client's next
+        read fails with ECONNRESET, not a clean end."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the socket's last reference but its own: closing it sends the RST
+        self.connection.close()
+
     def _drop(self) -> None:
         """Close mid-body: the chunked body never ends, which the client sees as an error."""
         self.close_connection = True
@@ -302,6 +348,25 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def unanswered_url() -> Iterator[str]:
+    """Yield the URL of a local port where a connection never completes, as on a host that
+    drops packets: it listens without accepting, and its queue is kept full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(address)
+        yield f"http://{address[0]}:{address[1]}"
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
 
 
 def wait_until(predicate: Any, timeout: float = 2.0) -> bool:

@@ -30,6 +30,10 @@ class Behaviour:
     lockstep: bool = False
     lockstep_timeout: float = 30.0
     delay: float = 0.0  # seconds before the status line and headers
+    first_event_delay: float = 0.0  # seconds after a stream's headers before its first event
+    # Send this many events of a stream, then nothing more (the connection stays open) until the
+    # client hangs up, which `stream_closed_early` then says.
+    stall_after: int | None = None
     status: int = 200
     error_body: Any = None  # replaces the protocol's own error body when status != 200
     retry_after: str | None = None  # Retry-After header on error answers
@@ -42,6 +46,18 @@ class Behaviour:
     tool_calls: list[dict[str, Any]] | None = None  # [{"id", "name", "arguments": json str}]
     embedding: list[float] = field(default_factory=lambda: [0.25, -0.5, 1.0])
     models: list[str] = field(default_factory=lambda: ["fake-model-a", "fake-model-b"])
+    # Broken upstreams (see tests/llm_api/test_upstream_faults.py):
+    reset_before_answer: bool = False  # read the request, then reset the connection (TCP RST)
+    reset_after: int | None = None  # reset the connection (TCP RST) after this many events
+    # End a stream's body cleanly after this many events: no finish, no usage, no [DONE].
+    end_after: int | None = None
+    garbage: bytes | None = None  # sent as it is, as one more event, before event `garbage_at`
+    garbage_at: int = 1
+    raw_body: bytes | None = None  # the whole answer (with `status`) instead of the wire's own
+    raw_content_type: str = "text/html; charset=utf-8"
+    # Sent as the token counts verbatim: OpenAI's `usage`, Gemini's `usageMetadata`, merged
+    # into Ollama's final message (`{"prompt_eval_count": -3}`); needs `usage`.
+    raw_usage: Any = None
     gate: Gate = field(init=False, repr=False)  # the test's side of a lock-step stream
 
     def __post_init__(self) -> None:
@@ -91,7 +107,17 @@ class StreamReply:
         return {point: step for step, point in enumerate(points)}
 
 
-Reply = JsonReply | StreamReply
+@dataclass
+class RawReply:
+    """A whole answer sent as it is (not JSON, or not the wire's shape)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "text/html; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Reply = JsonReply | StreamReply | RawReply
 
 
 def _sse(payload: Any) -> bytes:
@@ -191,6 +217,8 @@ class OpenAIWire:
                 "completion_tokens": completion,
                 "total_tokens": b.prompt_tokens + completion,
             }
+            if b.raw_usage is not None:
+                reply["usage"] = b.raw_usage
         return reply
 
     def _finish(self, b: Behaviour) -> str:
@@ -278,6 +306,8 @@ class GeminiWire:
                 "candidatesTokenCount": completion,
                 "totalTokenCount": b.prompt_tokens + completion,
             }
+            if b.raw_usage is not None:
+                reply["usageMetadata"] = b.raw_usage
         return reply
 
 
@@ -323,6 +353,7 @@ class OllamaWire:
             reply["done_reason"] = b.finish_reason
             if b.usage:
                 reply.update(prompt_eval_count=b.prompt_tokens, eval_count=b.completion_tokens)
+                reply.update(b.raw_usage or {})
         return reply
 
     def _line(self, payload: dict[str, Any]) -> bytes:
