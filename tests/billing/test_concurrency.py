@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from django.db import connections
-from django.db.models import Sum
 
 from billing.exceptions import InsufficientCredits, SpendCapExceeded
 from billing.models import CreditAccount, CreditHold, LedgerEntry
@@ -20,6 +19,7 @@ from billing.services import (
     credits_release,
     credits_settle,
 )
+from tests.ledger import assert_invariants
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,15 +69,6 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.running = False
         self.thread.join()
-
-
-def assert_invariants(user) -> None:
-    account = CreditAccount.objects.get(pk=user.pk)
-    entries = LedgerEntry.objects.filter(account=account).aggregate(total=Sum("amount"))
-    held = CreditHold.objects.filter(account=account, status="held").aggregate(total=Sum("amount"))
-    assert account.balance == (entries["total"] or 0)
-    assert account.balance >= account.held >= 0
-    assert account.held == (held["total"] or 0)
 
 
 def test_50_concurrent_holds_on_an_account_that_affords_10_let_exactly_10_through(alice):
