@@ -22,7 +22,14 @@ from llm_api.metering import (
     usage_checked,
 )
 from llm_api.models import UsageRecord
-from llm_api.providers.base import ChatChunk, ChatRequest, ChatStream, ProviderError, Usage
+from llm_api.providers.base import (
+    ChatChunk,
+    ChatRequest,
+    ChatStream,
+    ProviderError,
+    Usage,
+    upstream_dropped,
+)
 
 KEEP_ALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -71,6 +78,7 @@ class MeteredStream:
         self.text_length = 0
         self.deltas = 0
         self.error: ProviderError | None = None
+        self.finish_seen = False  # every provider ends a whole answer with a finish reason
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -102,6 +110,8 @@ class MeteredStream:
             self.meter.first_token()
             self.text_length += len(chunk.text)
             self.deltas += 1
+        if chunk.finish_reason:
+            self.finish_seen = True
         if chunk.text or chunk.finish_reason or chunk.tool_calls:
             return self.writer.chunk(chunk)
         return None
@@ -119,6 +129,11 @@ class MeteredStream:
             yield from items
         except ProviderError as error:
             self.error = error
+            return
+        if not self.finish_seen:
+            # The body ended cleanly but before the answer did (no [DONE], no done: true):
+            # a cut answer, not a complete one.
+            self.error = upstream_dropped(self.meter.target.provider.name)
 
     def _end(self, *, finished: bool) -> Usage:
         self.upstream.close()

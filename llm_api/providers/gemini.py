@@ -121,6 +121,8 @@ class GeminiProvider(Provider):
         # The SDK sends the request on the first step: take it here, so errors raise from here.
         with self._translated():
             first = next(responses, None)
+        if first is None:  # a 200 with no answer in it
+            raise upstream_dropped(self.name)
         stream = ResponseChatStream(self._chunks(first, responses, watch), self._opened.response)
         watch.start(stream.cut)
         return stream

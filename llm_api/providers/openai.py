@@ -114,6 +114,9 @@ class OpenAIProvider(Provider):
         params["stream_options"] = {"include_usage": True}
         with self._translated():
             response = self._post(params)
+        if "text/event-stream" not in response.headers.get("content-type", "event-stream"):
+            response.close()  # a 200 that is no stream (an HTML page from a proxy, say)
+            raise unreadable_answer(self.name)
         return WireChatStream(self._chunks(response), response)
 
     def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
