@@ -13,29 +13,36 @@ from pathlib import Path
 import dj_database_url
 from decouple import Csv, config
 
+from project.local_secrets import api_key_secret_from, local_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(config("DATA_DIR", default=str(BASE_DIR / "data")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 VERSION = "0.1.0"
 
 
+DEBUG = config("DEBUG", default=False, cast=bool)
+# The secrets the environment (or .env) leaves unset. With DEBUG off each one fails a system
+# check (project/checks.py: project.E001, E002), so a production start never runs on a secret
+# made up at start-up, which a container without a volume would change at every restart.
+UNSET_SECRETS = [name for name in ("SECRET_KEY", "API_KEY_SECRET") if not config(name, default="")]
+
+
 def _secret_key() -> str:
-    """Return SECRET_KEY, or a random one kept in the git-ignored data folder.
+    """Return SECRET_KEY; unset, the one kept in the git-ignored data folder when DEBUG is on
+    (local development), else a random one for this process alone, which the check refuses.
 
     There is no built-in fallback string, so no known (insecure) key can ever reach production.
     """
     configured = config("SECRET_KEY", default="")
     if configured:
         return configured
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    if DEBUG:
+        return local_secret_key(DATA_DIR)
+    return secrets.token_urlsafe(50)
 
 
 SECRET_KEY = _secret_key()
-DEBUG = config("DEBUG", default=False, cast=bool)
 ALLOWED_HOSTS = config("ALLOWED_HOSTS", default="localhost,127.0.0.1,[::1]", cast=Csv())
 CSRF_TRUSTED_ORIGINS = config("CSRF_TRUSTED_ORIGINS", default="", cast=Csv())
 
@@ -63,6 +70,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    "project",
     "accounts",
     "billing",
     "llm_api",
@@ -70,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "project.middleware.RequestIdMiddleware",
+    "project.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -155,6 +164,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    # Not a rule: Django's hook on every password save (the API, the admin's forms,
+    # `manage.py changepassword`), which revokes the user's refresh tokens.
+    {"NAME": "accounts.passwords.RefreshTokensRevokedOnChange"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -174,6 +186,13 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 CORS_ALLOWED_ORIGINS = config("CORS_ALLOWED_ORIGINS", default="", cast=Csv())
+
+# Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client is
+# the right-most address in it that is not one of them (project/clients.py). Empty: the header is
+# ignored unless NUM_PROXIES is set, and the client is REMOTE_ADDR.
+TRUSTED_PROXIES = config("TRUSTED_PROXIES", default="", cast=Csv())
+# Else: how many reverse proxies append to X-Forwarded-For (DRF's NUM_PROXIES). Empty: none.
+NUM_PROXIES = config("NUM_PROXIES", default="", cast=lambda value: int(value) if value else None)
 CORS_ALLOW_CREDENTIALS = False
 CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
 
@@ -195,10 +214,16 @@ REST_FRAMEWORK = {
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_SCHEMA_CLASS": "project.schema.AutoSchema",
     "EXCEPTION_HANDLER": "project.exception_handler.exception_handler",
+    # Counted per client address (project/clients.py) or per username in the shared cache
+    # (project/throttling.py); each scope's variable is `<SCOPE>_THROTTLE_RATE`.
     "DEFAULT_THROTTLE_RATES": {
         "token": config("TOKEN_THROTTLE_RATE", default="10/min"),
         "signup": config("SIGNUP_THROTTLE_RATE", default="20/hour"),
+        "login_username": config("LOGIN_USERNAME_THROTTLE_RATE", default="20/hour"),
+        "admin_login": config("ADMIN_LOGIN_THROTTLE_RATE", default="10/min"),
+        "key_failure": config("KEY_FAILURE_THROTTLE_RATE", default="30/min"),
     },
+    "NUM_PROXIES": NUM_PROXIES,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -242,21 +267,42 @@ LOGGING = {
 
 # --- Billing -------------------------------------------------------------------------------
 SIGNUP_CREDITS = config("SIGNUP_CREDITS", default=500, cast=int)
-# Keyed digest secret for API keys; derived from SECRET_KEY when not set (rotating SECRET_KEY
-# then invalidates every key, so production sets its own).
-API_KEY_SECRET = config("API_KEY_SECRET", default="") or f"api-key:{SECRET_KEY}"
+# Keyed digest secret for API keys. Unset, it is derived from SECRET_KEY, which only local
+# development may do (the check project.E002): rotating SECRET_KEY would invalidate every key.
+API_KEY_SECRET = config("API_KEY_SECRET", default="") or api_key_secret_from(SECRET_KEY)
 HOLD_TTL_SECONDS = config("HOLD_TTL_SECONDS", default=900, cast=int)
 # Where a settle or release that the database could not take is kept until it is written
 # (llm_api/pending.py), and how soon the first retry runs (later ones back off to 30 s).
 PENDING_DIR = Path(config("PENDING_DIR", default=str(DATA_DIR / "pending")))
 PENDING_RETRY_SECONDS = config("PENDING_RETRY_SECONDS", default=1.0, cast=float)
 API_KEY_CACHE_SECONDS = config("API_KEY_CACHE_SECONDS", default=60, cast=int)
+# Worker processes of `manage.py serve`. Above 1 the cache must be shared (REDIS_URL): revoked
+# keys are dropped from the cache only, so the check billing.E001 refuses a per-process cache.
+WEB_WORKERS = config("WEB_WORKERS", default=1, cast=int)
 # How long a process serves the price table from memory before re-reading it (an admin's save
 # applies at once in the process that saved it, within this many seconds everywhere else).
 PRICE_CACHE_SECONDS = config("PRICE_CACHE_SECONDS", default=30, cast=int)
+# Serve priced models only: a model that no price row of its own matches (exact or a pattern
+# other than the catch-all `*`) answers 403 instead of the default of one credit per request.
+# Off by default, so a fresh `make run` answers before any price is set.
+PRICE_REQUIRED = config("PRICE_REQUIRED", default=False, cast=bool)
 
 # --- LLM providers ---------------------------------------------------------------------------
-LLM_TIMEOUT = config("LLM_TIMEOUT", default=120.0, cast=float)
+# Seconds the gateway waits on a provider (llm_api/providers/timeouts.py): to connect, for the
+# first byte (the status line of a whole answer, the first event of a stream), between two
+# chunks, and for the whole call. The defaults suit a small local model on a slow machine, which
+# may think for minutes before the first token of a long prompt. LLM_TIMEOUT, the one number of
+# earlier versions, still sets connect, first byte and gap where those are not set themselves.
+LLM_TIMEOUT = config("LLM_TIMEOUT", default="", cast=lambda value: float(value) if value else None)
+LLM_CONNECT_TIMEOUT = config("LLM_CONNECT_TIMEOUT", default=LLM_TIMEOUT or 10.0, cast=float)
+LLM_FIRST_BYTE_TIMEOUT = config("LLM_FIRST_BYTE_TIMEOUT", default=LLM_TIMEOUT or 300.0, cast=float)
+LLM_GAP_TIMEOUT = config("LLM_GAP_TIMEOUT", default=LLM_TIMEOUT or 120.0, cast=float)
+LLM_TOTAL_TIMEOUT = config("LLM_TOTAL_TIMEOUT", default=1800.0, cast=float)
+# Deep health (/health?deep=1) and /api/info ask each configured provider for its model list,
+# each probe bounded by PROVIDER_HEALTH_TIMEOUT seconds, and keep the answers this many seconds
+# per process, so a flood of health checks does not flood the providers.
+PROVIDER_HEALTH_CACHE_SECONDS = config("PROVIDER_HEALTH_CACHE_SECONDS", default=10.0, cast=float)
+PROVIDER_HEALTH_TIMEOUT = config("PROVIDER_HEALTH_TIMEOUT", default=2.0, cast=float)
 OPENAI_API_KEY = config("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = config("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 GEMINI_API_KEY = config("GEMINI_API_KEY", default="")
@@ -289,10 +335,28 @@ MAX_TOKENS_DEFAULT = config("MAX_TOKENS_DEFAULT", default=1024, cast=int)
 MAX_TOKENS_LIMIT = config("MAX_TOKENS_LIMIT", default=16384, cast=int)
 MAX_CHOICES = config("MAX_CHOICES", default=8, cast=int)
 STREAM_HEARTBEAT_SECONDS = config("STREAM_HEARTBEAT_SECONDS", default=15.0, cast=float)
-# The largest JSON request body (images travel in it as base64, 4/3 of their size).
+# The largest request body of any kind (JSON, form, multipart upload; images travel in JSON as
+# base64, 4/3 of their size): over it → 413 before the body is read. Django's own form limits
+# follow it, and uploads stay in memory (never a temporary file): the body is bounded anyway.
 REQUEST_MAX_BYTES = config("REQUEST_MAX_BYTES", default=32 * 1024 * 1024, cast=int)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+# Images a request may carry: each at most IMAGE_MAX_BYTES and IMAGE_MAX_PIXELS (width x height,
+# read from its header before it is decoded), at most IMAGE_MAX_COUNT of them and
+# IMAGE_MAX_TOTAL_BYTES together.
 IMAGE_MAX_BYTES = config("IMAGE_MAX_BYTES", default=5 * 1024 * 1024, cast=int)
+IMAGE_MAX_PIXELS = config("IMAGE_MAX_PIXELS", default=40_000_000, cast=int)
+IMAGE_MAX_COUNT = config("IMAGE_MAX_COUNT", default=16, cast=int)
+IMAGE_MAX_TOTAL_BYTES = config("IMAGE_MAX_TOTAL_BYTES", default=20 * 1024 * 1024, cast=int)
 MODELS_CACHE_SECONDS = config("MODELS_CACHE_SECONDS", default=300, cast=int)
+# Fallbacks as code, beside the admin's aliases: JSON {"alias": ["provider/model", ...]}. A target
+# that fails before its first byte (no connection, timeout, 429, 5xx) hands over to the next
+# after a jittered pause of about FALLBACK_BACKOFF_SECONDS; one that failed
+# FALLBACK_COOLDOWN_FAILURES times in a row is passed over for FALLBACK_COOLDOWN_SECONDS.
+MODEL_FALLBACKS = config("MODEL_FALLBACKS", default="{}")
+FALLBACK_BACKOFF_SECONDS = config("FALLBACK_BACKOFF_SECONDS", default=0.1, cast=float)
+FALLBACK_COOLDOWN_FAILURES = config("FALLBACK_COOLDOWN_FAILURES", default=3, cast=int)
+FALLBACK_COOLDOWN_SECONDS = config("FALLBACK_COOLDOWN_SECONDS", default=30.0, cast=float)
 
 # --- Seed-compatible routes and images --------------------------------------------------------
 # The models behind seed 000's /generate and seed 001's /text_model/… and /image_model/… routes:
@@ -305,10 +369,25 @@ IMAGE_MODEL = config("IMAGE_MODEL", default="")
 TEXT_MODEL_MAX_CONCURRENCY = config("TEXT_MODEL_MAX_CONCURRENCY", default=10, cast=int)
 IMAGE_MODEL_MAX_CONCURRENCY = config("IMAGE_MODEL_MAX_CONCURRENCY", default=10, cast=int)
 CONCURRENCY_WAIT_SECONDS = config("CONCURRENCY_WAIT_SECONDS", default=5.0, cast=float)
-# How long a shared slot outlives a process that died holding it.
+# The most of a seed 001 model's slots one API key (or a signed-in user) holds at once, as a
+# fraction of <ROLE>_MAX_CONCURRENCY, rounded up; over it a call gets 429 at once, so one key's
+# long streams leave slots to the others. 1 (or 0) turns the share off.
+MODEL_SLOT_SHARE = config("MODEL_SLOT_SHARE", default=0.5, cast=float)
+# How long a shared slot, or a place in flight of the rate limits, outlives a process that died
+# holding it.
 CONCURRENCY_LEASE_SECONDS = config("CONCURRENCY_LEASE_SECONDS", default=30, cast=int)
+# Per-user limits on the LLM routes, over all of a user's calls together (0: no limit): requests
+# and tokens (prompt bound plus max_tokens, corrected to the real usage when the call ends) per
+# sliding minute, and requests in flight. A key's own rpm_limit, tpm_limit and
+# concurrency_limit narrow its calls further. Counted in Redis, across every gateway process,
+# when REDIS_URL is set (llm_api/limits). Off by default: one user may hold 1,000 streams.
+DEFAULT_RPM_LIMIT = config("DEFAULT_RPM_LIMIT", default=0, cast=int)
+DEFAULT_TPM_LIMIT = config("DEFAULT_TPM_LIMIT", default=0, cast=int)
+DEFAULT_CONCURRENCY_LIMIT = config("DEFAULT_CONCURRENCY_LIMIT", default=0, cast=int)
 # Fetch http(s) image URLs (public addresses only); off: images come as data: URLs or uploads.
 IMAGE_URL_FETCH = config("IMAGE_URL_FETCH", default=False, cast=bool)
 IMAGE_FETCH_TIMEOUT = config("IMAGE_FETCH_TIMEOUT", default=10.0, cast=float)
 # Networks (CIDR) image fetches may reach although they are not public, e.g. an internal CDN.
 IMAGE_FETCH_ALLOWED_NETWORKS = config("IMAGE_FETCH_ALLOWED_NETWORKS", default="", cast=Csv())
+# The only ports image URLs may name (explicitly or by their scheme).
+IMAGE_FETCH_PORTS = config("IMAGE_FETCH_PORTS", default="80,443", cast=Csv(int))
