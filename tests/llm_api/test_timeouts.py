@@ -334,7 +334,7 @@ def test_a_whole_answer_longer_than_the_total_is_a_504(key_api, alice, fake_upst
     before = balance(alice)
     response = chat(key_api, model="openai/gpt-4o-mini")
     assert response.status_code == 504
-    assert "did not finish its answer within 0.5 s (the total timeout" in error_of(response)[
-        "message"
-    ]
+    assert (
+        "did not finish its answer within 0.5 s (the total timeout" in error_of(response)["message"]
+    )
     assert_nothing_charged(alice, before)
