@@ -2,9 +2,11 @@
 
 Hypothesis drives grants, deductions, holds, settles, releases and the stale-hold sweep in any
 order on two users and their keys (spend-capped and not), through the real services in
-`billing/services/credits.py`, and checks the books after every step: balance = the sum of the
-entries and never below zero, held = the open holds (per account and per key), each request
-settled at most once, no hold past its expiry after a sweep, and each move doing what it said.
+`billing/services/credits.py`, interleaved with the limits' acquire and release and the passing
+of time (`llm_api.limits.store.LocalStore`), and checks after every step: balance = the sum of
+the entries and never below zero, held = the open holds (per account and per key), each request
+settled at most once, no hold past its expiry after a sweep, each move doing what it said, and
+no user past a limit: places in flight, requests and tokens in the last minute.
 
 Time is not slept: a hold takes a short or the configured HOLD_TTL_SECONDS, and the sweep is
 given a `now` in the future.
@@ -46,6 +48,7 @@ from billing.services import (  # noqa: E402
     credits_settle,
     holds_expire,
 )
+from llm_api.limits.store import WINDOW_MS, Counter, Kind, LocalStore  # noqa: E402
 from tests.ledger import (  # noqa: E402
     assert_invariants,
     assert_key_invariants,
@@ -78,6 +81,26 @@ class Hold:
     amount: int
     expires_at: datetime
     status: str = "held"  # then settled, released or expired (an expired one may still settle)
+
+
+@dataclass
+class LimitCall:
+    """What the model knows of one call holding a place in flight."""
+
+    user: str
+    tokens: int
+
+
+LIMIT_IN_FLIGHT, LIMIT_REQUESTS, LIMIT_TOKENS = 2, 4, 500
+
+
+def limit_counters(user: str, tokens: int) -> list[Counter]:
+    """The counters of a user's call: 2 in flight, 4 requests and 500 tokens a minute."""
+    return [
+        Counter(f"in_flight:user:{user}", Kind.IN_FLIGHT, LIMIT_IN_FLIGHT),
+        Counter(f"requests:user:{user}", Kind.REQUESTS, LIMIT_REQUESTS),
+        Counter(f"tokens:user:{user}", Kind.TOKENS, LIMIT_TOKENS, amount=tokens),
+    ]
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,11 @@ class LedgerMachine(RuleBasedStateMachine):
         # Users with a settle that charged less than its cost: whatever the books do with the
         # rest (a note, a debt), their later holds and grants are not predicted here.
         self.short: set[str] = set()
+        # The limits, counted in process on a clock the machine moves.
+        self.clock = 10**9
+        self.limits = LocalStore(clock=lambda: self.clock)
+        self.admitted: dict[str, LimitCall] = {}
+        self.window: list[list] = []  # [user, admitted at, call id, tokens]
 
     def teardown(self) -> None:
         transaction.set_rollback(True)
@@ -289,6 +317,60 @@ class LedgerMachine(RuleBasedStateMachine):
             assert after_expiry.accounts[user] == (balance, held - freed)
         for hold in due:
             hold.status = "expired"
+
+    # --- the limits: places in flight, requests and tokens per minute ---------------------
+
+    calls = Bundle("calls")
+
+    @rule(target=calls, user=st.sampled_from(USERS), tokens=st.integers(0, LIMIT_TOKENS + 50))
+    def limit_acquire(self, user: str, tokens: int):
+        counters = limit_counters(user, tokens)
+        now = self.clock
+        in_flight = sum(1 for call in self.admitted.values() if call.user == user)
+        requests = [c for c in self.window if c[0] == user and c[1] > now - WINDOW_MS]
+        used = sum(c[3] for c in requests)
+        fits = (
+            in_flight < LIMIT_IN_FLIGHT
+            and len(requests) < LIMIT_REQUESTS
+            and used + tokens <= LIMIT_TOKENS
+        )
+        self.serial += 1
+        call_id = f"call_{self.serial}"
+        outcome = self.limits.admit(call_id, counters)
+        assert outcome.admitted == fits  # admitted exactly when it fits every limit
+        if not fits:
+            return multiple()
+        self.admitted[call_id] = LimitCall(user, tokens)
+        self.window.append([user, now, call_id, tokens])
+        return call_id
+
+    @rule(call_id=calls, used=st.integers(0, LIMIT_TOKENS))
+    def limit_release(self, call_id: str, used: int) -> None:
+        call = self.admitted.pop(call_id, None)
+        if call is None:  # released already (an Admission ends once)
+            return
+        used = min(used, call.tokens)  # the real usage never exceeds what was admitted
+        self.limits.release(call_id, limit_counters(call.user, call.tokens), used)
+        for entry in self.window:
+            if entry[2] == call_id:
+                entry[3] = used
+
+    @rule(ms=st.integers(1, 90_000))
+    def time_passes(self, ms: int) -> None:
+        self.clock += ms
+
+    @invariant()
+    def limits_hold(self) -> None:
+        now = self.clock
+        for user in USERS:
+            places = len(self.limits._places.get(f"in_flight:user:{user}", ()))
+            held = sum(1 for call in self.admitted.values() if call.user == user)
+            assert places == held <= LIMIT_IN_FLIGHT
+            live = [c for c in self.window if c[0] == user and c[1] > now - WINDOW_MS]
+            requests = self.limits._count(limit_counters(user, 0)[1], now)
+            tokens = self.limits._count(limit_counters(user, 0)[2], now)
+            assert requests.used == len(live) <= LIMIT_REQUESTS
+            assert tokens.used == sum(c[3] for c in live) <= LIMIT_TOKENS
 
     # --- after every step -----------------------------------------------------------------
 
