@@ -104,14 +104,21 @@ class LocalSlots:
 class LeaseKeeper(Generic[Lease]):
     """Renews this process's leases from one daemon thread while any are held.
 
-    `renew_all(leases)` pushes each lease's expiry a full CONCURRENCY_LEASE_SECONDS ahead; the
-    thread calls it every third of a lease. The shared slots below and the in-flight limits
-    (`llm_api.limits`) each keep their leases here.
+    `renew_all(leases)` pushes each lease's expiry a full lease ahead; the thread calls it every
+    third of a lease (`lease_seconds()`, by default CONCURRENCY_LEASE_SECONDS). The shared slots
+    below, the in-flight limits (`llm_api.limits`) and the credit holds of running calls
+    (`llm_api.metering`) each keep their leases here.
     """
 
-    def __init__(self, renew_all: Callable[[list[Lease]], None], name: str) -> None:
+    def __init__(
+        self,
+        renew_all: Callable[[list[Lease]], None],
+        name: str,
+        lease_seconds: Callable[[], float] = lambda: settings.CONCURRENCY_LEASE_SECONDS,
+    ) -> None:
         self._renew_all = renew_all
         self._name = name
+        self._lease_seconds = lease_seconds
         self._held: set[Lease] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -146,9 +153,14 @@ class LeaseKeeper(Generic[Lease]):
             )
 
     def _run(self) -> None:
+        renewed_at = time.monotonic()
         while True:
-            time.sleep(settings.CONCURRENCY_LEASE_SECONDS / 3)
-            self.renew()
+            # Short naps, so that a changed lease length applies at once.
+            every = self._lease_seconds() / 3
+            time.sleep(min(1.0, every))
+            if time.monotonic() - renewed_at >= every:
+                renewed_at = time.monotonic()
+                self.renew()
 
 
 class SharedSlots:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import DatabaseError
 
 from billing.authentication import ApiKeyInfo
 from billing.selectors import Price, price_for
@@ -32,6 +30,7 @@ from billing.services import (
 )
 from billing.services.credits import MAX_AMOUNT
 from llm_api import pending
+from llm_api.concurrency import LeaseKeeper
 from llm_api.images import image_tokens
 from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatRequest, ProviderError, Usage
@@ -169,7 +168,7 @@ class Meter:
             api_key_id=self.caller.api_key_id,
             model=self.target.name,
         )
-        running.add(self.caller.request_id)
+        running.hold(self.caller.request_id)
 
     def answered_by(self, target: Target) -> None:
         """Meter `target` from now on (a fallback took over): its name and its price."""
@@ -186,7 +185,7 @@ class Meter:
         if self.done:
             return 0
         self.done = True
-        running.discard(self.caller.request_id)
+        running.drop(self.caller.request_id)
         if self.admission is not None:
             self.admission.settle(usage.total_tokens)
         cost = min(self.price.cost(usage.prompt_tokens, usage.completion_tokens), MAX_AMOUNT)
@@ -207,7 +206,7 @@ class Meter:
         if self.done:
             return
         self.done = True
-        running.discard(self.caller.request_id)
+        running.drop(self.caller.request_id)
         if self.admission is not None:
             self.admission.settle(0)
         code = error.code if error else "client_closed"
@@ -240,54 +239,14 @@ class Meter:
 # --- holds of calls in progress ----------------------------------------------------------------
 
 
-class RunningHolds:
-    """The holds of this process's calls in progress, renewed together by one thread.
-
-    Every third of HOLD_TTL_SECONDS one statement pushes their expiry a TTL ahead, so the sweep
-    never releases the hold of a call still running (a long stream, a slow model), while the
-    holds of a process that died stop being renewed and expire within a TTL.
-    """
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._lock = threading.Lock()
-        self._keeper: threading.Thread | None = None
-
-    def add(self, request_id: str) -> None:
-        with self._lock:
-            self._ids.add(request_id)
-            if self._keeper is None or not self._keeper.is_alive():  # none yet, or forked
-                self._keeper = threading.Thread(target=self._keep, name="hold-keeper", daemon=True)
-                self._keeper.start()
-
-    def discard(self, request_id: str) -> None:
-        with self._lock:
-            self._ids.discard(request_id)
-
-    def renew(self) -> None:
-        """Renew every running hold now."""
-        with self._lock:
-            request_ids = list(self._ids)
-        if not request_ids:
-            return
-        try:
-            credits_hold_renew(request_ids=request_ids)
-        except DatabaseError:
-            # The next round tries again; a hold renewed late is still charged at its settle.
-            logger.warning("Renewing %d running holds failed.", len(request_ids))
-
-    def _keep(self) -> None:
-        renewed_at = time.monotonic()
-        while True:
-            # Short naps, so a changed HOLD_TTL_SECONDS applies at once.
-            every = settings.HOLD_TTL_SECONDS / 3
-            time.sleep(min(1.0, every))
-            if time.monotonic() - renewed_at >= every:
-                renewed_at = time.monotonic()
-                self.renew()
-
-
-running = RunningHolds()
+# The holds of this process's calls in progress, renewed together every third of
+# HOLD_TTL_SECONDS in one statement: the sweep never releases the hold of a call still running
+# (a long stream, a slow model), while the holds of a process that died expire within a TTL.
+running: LeaseKeeper[str] = LeaseKeeper(
+    lambda request_ids: credits_hold_renew(request_ids=request_ids),
+    "hold-keeper",
+    lease_seconds=lambda: settings.HOLD_TTL_SECONDS,
+)
 
 
 # --- what `pending` writes ----------------------------------------------------------------------

@@ -3,8 +3,6 @@
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from django.db import connections
@@ -20,30 +18,9 @@ from billing.services import (
     credits_settle,
 )
 from tests.ledger import assert_invariants
+from tests.threads import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run work(0..count-1) in as many threads released at once; return results or errors."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = work(index)
-        except Exception as error:  # collected and asserted on by the test
-            results[index] = error
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
 
 
 class Watcher:

@@ -278,11 +278,11 @@ def test_the_holds_of_running_calls_are_renewed_and_finished_ones_are_not(alice,
     credits_hold(user_id=alice.pk, amount=MICRO, request_id="req_finished")
     soon = timezone.now() + timedelta(seconds=5)
     CreditHold.objects.update(expires_at=soon)
-    running.add("req_running")
+    running.hold("req_running")
     try:
         running.renew()
     finally:
-        running.discard("req_running")
+        running.drop("req_running")
     renewed = CreditHold.objects.get(request_id="req_running").expires_at
     assert renewed > timezone.now() + timedelta(seconds=590)
     assert CreditHold.objects.get(request_id="req_finished").expires_at == soon

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
-from django.db import connections
 from rest_framework.test import APIClient
 
 from billing.models import ApiKey, CreditHold
@@ -33,6 +31,7 @@ from llm_api.limits.store import Counter, Kind, LocalStore
 from llm_api.models import UsageRecord
 from tests.llm_api.conftest import balance
 from tests.llm_api.test_one_pipeline import DETAIL, OPENAI, ROUTES, Route, params
+from tests.threads import in_threads
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -79,28 +78,6 @@ def chat(key: str, **body: Any):
 def limit_key(user, **limits: int | None) -> ApiKey:
     key = ApiKey.objects.filter(user=user).first()
     return api_key_update(api_key=key, data=limits)
-
-
-def in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run work(0..count-1) in as many threads released at once; return their results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = work(index)
-        except Exception as error:  # asserted on by the test
-            results[index] = error
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 class Opened:
