@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from llm_api.exceptions import ProviderUnavailable
 from llm_api.models import ModelAlias
@@ -61,26 +63,33 @@ _models = TimedCache(settings.MODELS_CACHE_SECONDS)
 
 def aliases() -> dict[str, str]:
     """Return {alias: provider/model} (the first target of each alias)."""
-    return {name: chain[0] for name, chain in alias_chains().items()}
+    return _alias_table()[1]
 
 
 def alias_chains() -> dict[str, list[str]]:
     """Return {alias: [provider/model, fallback, ...]}: MODEL_FALLBACKS, then the admin's aliases
     (which win over a setting of the same name)."""
-    rows = _aliases.get(
-        lambda: {
-            name: [target, *fallbacks]
-            for name, target, fallbacks in ModelAlias.objects.values_list(
-                "name", "target", "fallbacks"
-            )
+    return _alias_table()[0]
+
+
+def _alias_table() -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Return the chains and their first targets, read and parsed once per ALIAS_CACHE_SECONDS
+    (not on every request that resolves a model)."""
+
+    def load() -> tuple[dict[str, list[str]], dict[str, str]]:
+        rows = ModelAlias.objects.values_list("name", "target", "fallbacks")
+        chains = {
+            **configured_fallbacks(),
+            **{name: [target, *fallbacks] for name, target, fallbacks in rows},
         }
-    )
-    return {**configured_fallbacks(), **rows}  # type: ignore[dict-item]
+        return chains, {name: chain[0] for name, chain in chains.items()}
+
+    return _aliases.get(load)  # type: ignore[return-value]
 
 
 def configured_fallbacks() -> dict[str, list[str]]:
     """Return MODEL_FALLBACKS as {alias: [provider/model, ...]}; what is not well formed is left
-    out (the system check llm_api.E010 names it at start-up)."""
+    out (the system checks llm_api.E020/E021 name it at start-up)."""
     value = settings.MODEL_FALLBACKS
     if isinstance(value, str):
         try:
@@ -99,6 +108,12 @@ def configured_fallbacks() -> dict[str, list[str]]:
 # Each provider's model list, so that listing routes never reach a provider more often than
 # every MODELS_CACHE_SECONDS, however often they are called (a failure is not kept).
 _provider_lists: dict[str, TimedCache] = {}
+
+
+@receiver(setting_changed)
+def _fallbacks_changed(*, setting: str, **kwargs: object) -> None:
+    if setting == "MODEL_FALLBACKS":
+        aliases_changed()
 
 
 def aliases_changed() -> None:
