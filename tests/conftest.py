@@ -11,7 +11,7 @@ from llm_api import fallbacks
 from llm_api.limits.store import local_store
 from llm_api.selectors import aliases_changed
 
-pytest_plugins = ["tests.fake_upstream", "tests.live"]
+pytest_plugins = ["tests.fake_upstream", "tests.live", "tests.browser"]
 
 PASSWORD = "correct-horse-battery-staple"
 
