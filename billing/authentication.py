@@ -14,6 +14,7 @@ usage; "manage" also manages keys and the account, as a login token does.
 from datetime import UTC
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -21,7 +22,7 @@ from rest_framework.request import Request
 
 from billing import keys
 from billing.keys import ApiKeyInfo
-from billing.selectors import CachedKey, api_key_lookup
+from billing.selectors import CachedKey, api_key_cache_key, api_key_lookup
 from billing.services import api_key_touch
 from project.throttling import Limit, address_ident
 
@@ -73,10 +74,14 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key is None:
             return None
         client = address_ident(request)
-        KEY_FAILURES.check(client)
-        if not keys.is_well_formed(key):
+        digest = keys.digest(key) if keys.is_well_formed(key) else None
+        # The address's failures and the cached key in one cache round trip.
+        cache_key = api_key_cache_key(digest) if digest else None
+        read = cache.get_many([*KEY_FAILURES.window_keys(client), *filter(None, [cache_key])])
+        KEY_FAILURES.check(client, read)
+        if digest is None:
             raise _invalid_key(client)
-        entry = api_key_lookup(digest=keys.digest(key))
+        entry = read.get(cache_key) or api_key_lookup(digest=digest)
         if entry is None:
             raise _invalid_key(client)
         _check_usable(entry)

@@ -12,9 +12,10 @@ import hashlib
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
 from django.http import HttpRequest
@@ -73,10 +74,17 @@ class Limit:
     scope: str
     what: str = "requests from your address"
 
-    def check(self, ident: str) -> None:
-        """Raise Throttled if `ident` has used up its window's attempts (counts nothing)."""
+    def window_keys(self, ident: str) -> list[str]:
+        """Return the cache keys of `ident`'s window, to read with other entries at once."""
+        _, key = self._rate_and_key(ident)
+        return [key, f"{key}:end"]
+
+    def check(self, ident: str, window: Mapping[str, Any] | None = None) -> None:
+        """Raise Throttled if `ident` has used up its window's attempts (counts nothing).
+        `window`: what a `cache.get_many` of its `window_keys` returned, if read already."""
         rate, key = self._rate_and_key(ident)
-        window = cache.get_many([key, f"{key}:end"])
+        if window is None:
+            window = cache.get_many([key, f"{key}:end"])
         if window.get(key, 0) >= rate.count:
             raise self._refusal(rate, window.get(f"{key}:end"))
 

@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import user_create
 from billing.selectors import price_table
+from billing.services.api_keys import api_key_touches_forget
 from billing.services.credits import _Sweep
 from llm_api import fallbacks
 from llm_api.limits.store import local_store
@@ -22,6 +23,7 @@ def _forget_process_state() -> None:
     aliases_changed()
     fallbacks.reset()
     local_store.clear()
+    api_key_touches_forget()
     _Sweep.next_at = 0.0
 
 

@@ -77,6 +77,29 @@ def atomic() -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def savepoint() -> Iterator[None]:
+    """Run the block in a savepoint of the transaction `atomic` began: an exception rolls back
+    the block's own statements only (and is raised)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.in_atomic_block:  # Django's transaction (see `atomic`): its nested atomic is one
+        with transaction.atomic():
+            yield
+        return
+    driver = db.connection
+    with db.wrap_database_errors:
+        driver.execute("SAVEPOINT ledger_write")
+    try:
+        yield
+    except BaseException:
+        with db.wrap_database_errors:
+            driver.execute("ROLLBACK TO SAVEPOINT ledger_write")
+            driver.execute("RELEASE SAVEPOINT ledger_write")
+        raise
+    with db.wrap_database_errors:
+        driver.execute("RELEASE SAVEPOINT ledger_write")
+
+
 def execute(statement: str, params: list[Any]) -> int:
     """Run one statement; return how many rows it changed."""
     return run(statement, params).rowcount

@@ -1,0 +1,89 @@
+"""Money writes that arrive together are committed together: one transaction for the group,
+each write in a savepoint of its own, so one refusal never undoes or blocks another."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from billing.exceptions import DuplicateRequestId, InsufficientCredits
+from billing.models import CreditHold, LedgerEntry
+from billing.money import MICRO
+from billing.services import credits as credits_module
+from billing.services import credits_hold, credits_settle
+from tests.ledger import assert_invariants
+from tests.threads import in_threads
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class GroupWatch:
+    """Counts the savepoints the money writes open (one per write of a group of several)."""
+
+    def __init__(self) -> None:
+        self.savepoints = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, execute, sql, params, many, context):
+        if sql.upper().startswith("SAVEPOINT"):
+            with self.lock:
+                self.savepoints += 1
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def grouped(monkeypatch):
+    """Count the savepoints of every group commit (threads released at once queue behind the
+    first one's commit, so the next leader finds several writes waiting)."""
+    watch = GroupWatch()
+    original = credits_module._group_commit
+
+    def watched(group):
+        with connection.execute_wrapper(watch):
+            return original(group)
+
+    monkeypatch.setattr(credits_module, "_group_commit", watched)
+    return watch
+
+
+def test_a_group_of_holds_commits_the_affordable_ones_and_refuses_the_rest(alice, grouped):
+    # alice has 500 credits: 10 holds of 50 fit; the other 30 are refused in the same groups.
+    results = in_threads(
+        40, lambda i: credits_hold(user_id=alice.pk, amount=50 * MICRO, request_id=f"req_{i}")
+    )
+
+    assert sum(result is None for result in results) == 10, results
+    assert sum(isinstance(result, InsufficientCredits) for result in results) == 30, results
+    assert CreditHold.objects.filter(status=CreditHold.Status.HELD).count() == 10
+    assert grouped.savepoints > 0  # some writes were committed in a group of several
+    assert_invariants(alice)
+
+
+def test_a_refused_write_in_a_group_leaves_the_others_written(alice, grouped):
+    credits_hold(user_id=alice.pk, amount=MICRO, request_id="req_taken")
+    # Half the threads reuse a request id already held: each of those is refused alone.
+    results = in_threads(
+        30,
+        lambda i: credits_hold(
+            user_id=alice.pk, amount=MICRO, request_id="req_taken" if i % 2 else f"req_{i}"
+        ),
+    )
+
+    assert sum(isinstance(result, DuplicateRequestId) for result in results) == 15, results
+    assert sum(result is None for result in results) == 15, results
+    assert CreditHold.objects.count() == 16
+    assert_invariants(alice)
+
+
+def test_settles_committed_together_charge_each_request_once(alice, grouped):
+    for i in range(30):
+        credits_hold(user_id=alice.pk, amount=10 * MICRO, request_id=f"req_{i}")
+    # Every request settled twice at once: the second settle of each finds nothing to claim.
+    results = in_threads(60, lambda i: credits_settle(request_id=f"req_{i % 30}", cost=3 * MICRO))
+
+    assert sum(result is not None for result in results) == 30, results
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE).count() == 30
+    alice.credit_account.refresh_from_db()
+    assert alice.credit_account.balance == 500 * MICRO - 30 * 3 * MICRO
+    assert alice.credit_account.held == 0
+    assert_invariants(alice)
