@@ -6,6 +6,9 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
 
@@ -81,3 +84,34 @@ class RequestSizeLimitMiddleware:
     def too_large(request: HttpRequest, size: str) -> HttpResponse:
         error = request_too_large(size)
         return json_error(request, error.status_code, error.message, error.code)
+
+
+# --- the admin's own ------------------------------------------------------------------------
+
+# The admin is the only part of the site anyone signs in to with a session; every other route
+# authenticates each request by its API key or token (DRF). So sessions, the signed-in user and
+# messages run for the admin's pages only: on the API they cost a twentieth of the gateway's own
+# time per request (a signed-cookie reader built for messages, a session object, a lazy user)
+# and gave nothing. Subclasses, so Django's admin checks still find them in MIDDLEWARE.
+ADMIN_PREFIX = "/admin/"
+
+
+class AdminSessionMiddleware(SessionMiddleware):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return super().__call__(request)
+        return self.get_response(request)
+
+
+class AdminAuthenticationMiddleware(AuthenticationMiddleware):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return super().__call__(request)
+        return self.get_response(request)
+
+
+class AdminMessageMiddleware(MessageMiddleware):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return super().__call__(request)
+        return self.get_response(request)
