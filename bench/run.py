@@ -33,14 +33,16 @@ on Ctrl-C and on SIGTERM as well. wrk is installed with apt-get when missing; No
 must be on the PATH.
 
     BENCH_GATEWAY_COMMIT=50e51ab make bench     # the gateway as of an older commit, same bench
+    BENCH_COMPARE=c2e44fd make bench            # and that commit too, in the same run: a
+                                                # column of its own after each backend
     uv run --frozen python bench/run.py --render bench/results/latest.json   # the report again
 
 Knobs (environment, or the flags of `--help`): BENCH_QUICK, BENCH_BACKENDS, BENCH_DURATION (s per
 wrk run, 10), BENCH_WARMUP (s, 2), BENCH_CONNECTIONS (1,16,64), BENCH_STREAMS (100,1000),
 BENCH_STREAM_TIMEOUT (s per stream, 60), BENCH_CHUNKS (20), BENCH_CHUNK_MS (50), BENCH_PG_URL,
-BENCH_REDIS_URL, BENCH_SETTLE_SECONDS (30), BENCH_OUTPUT, BENCH_GATEWAY_COMMIT, BENCH_KEEP (keep
-the temporary folder with the servers' logs). SERVER_THREADS, DATABASE_POOL_MAX and the like pass
-through to the gateway.
+BENCH_REDIS_URL, BENCH_SETTLE_SECONDS (30), BENCH_OUTPUT, BENCH_GATEWAY_COMMIT, BENCH_COMPARE,
+BENCH_KEEP (keep the temporary folder with the servers' logs). SERVER_THREADS, DATABASE_POOL_MAX
+and the like pass through to the gateway.
 """
 
 from __future__ import annotations
@@ -132,6 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_env("BENCH_GATEWAY_COMMIT", ""),
         help="measure the gateway as of this commit (exported with git archive), not the work "
         "tree; the bench itself and the installed dependencies stay the current ones",
+    )
+    parser.add_argument(
+        "--compare",
+        default=_env("BENCH_COMPARE", ""),
+        help="also measure the gateway as of this commit, backend by backend right after the "
+        "work tree (or --gateway-commit), in the same run: a column of its own per backend",
     )
     parser.add_argument(
         "--keep", action="store_true", default=_env("BENCH_KEEP", "0") not in {"0", ""}
@@ -662,7 +670,8 @@ class Bench:
         return json.loads(line.split(" ", 1)[1])
 
     def run_gateway(self, backend: str) -> dict[str, Any]:
-        print(f"== {BACKEND_NAMES[backend]}", flush=True)
+        source = "" if self.gateway_dir == BASE_DIR else f" ({self.gateway_dir.name})"
+        print(f"== {BACKEND_NAMES[backend]}{source}", flush=True)
         data_dir = Path(tempfile.mkdtemp(prefix=f"gateway-{backend}-", dir=self.workdir))
         port = free_port()
         env = self.gateway_env(backend, data_dir, port)
@@ -943,7 +952,7 @@ def _command_output(argv: list[str]) -> str:
     return (done.stdout or done.stderr).strip()
 
 
-def machine(gateway_commit: str = "") -> dict[str, Any]:
+def machine(gateway_commit: str = "", compare: str = "") -> dict[str, Any]:
     cpu_model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -965,7 +974,9 @@ def machine(gateway_commit: str = "") -> dict[str, Any]:
         "cpu": cpu_model,
         "memory_gb": round(memory_gb, 1),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "commit": commit
+        + (" (with uncommitted changes)" if dirty else "")
+        + (f"; compared with {compare} in the same run" if compare else ""),
         "load_average": os.getloadavg(),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -1016,10 +1027,25 @@ def ledger_cell(data: dict[str, Any]) -> str:
     )
 
 
+def measured_columns(args: argparse.Namespace) -> list[str]:
+    """Return the gateway columns: each backend, then (with --compare) its run as of the
+    compared commit, named `<backend>@<commit>`."""
+    columns = []
+    for backend in args.backends:
+        columns.append(backend)
+        if args.compare:
+            columns.append(f"{backend}@{args.compare}")
+    return columns
+
+
 def render(bench: Bench, info: dict[str, Any], elapsed: float) -> str:
     args, results = bench.args, bench.results
-    columns = ["direct", *args.backends]
+    columns = ["direct", *measured_columns(args)]
     names = {"direct": "direct", **BACKEND_NAMES}
+    for column in columns:
+        backend, _, commit = column.partition("@")
+        if commit:
+            names[column] = f"{BACKEND_NAMES[backend]}, as of {commit}"
 
     def cell(column: str, fn: Any) -> str:
         data = results.get(column)
@@ -1142,13 +1168,13 @@ def render(bench: Bench, info: dict[str, Any], elapsed: float) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(c, fn) for c in columns) + " |")
 
     notes = []
-    for column in args.backends:
+    for column in columns[1:]:
         data = results.get(column, {})
         if "skipped" in data:
             notes.append(f"- {names[column]}: not run ({data['skipped']}).")
         elif "error" in data:
             notes.append(f"- {names[column]}: failed: {data['error'].splitlines()[0][:300]}")
-    for column in args.backends:
+    for column in columns[1:]:
         for verdict in results.get(column, {}).get("ledger", []):
             if not verdict["pass"]:
                 notes.append(
@@ -1312,24 +1338,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: open files limited to {limit}", file=sys.stderr)
         if args.gateway_commit:
             bench.gateway_dir, args.gateway_commit = export_commit(args.gateway_commit, workdir)
-        info = machine(args.gateway_commit)
+        sources = {"": bench.gateway_dir}
+        if args.compare:
+            sources["compare"], args.compare = export_commit(args.compare, workdir)
+        info = machine(args.gateway_commit, args.compare)
         bench.start_mock()
         bench.results["direct"] = bench.run_direct()
-        for backend in args.backends:
+        for column in measured_columns(args):
+            backend, _, commit = column.partition("@")
             if backend == "pg":
                 problem = postgres_problem(args.pg_url, args.redis_url)
                 if problem:
                     print(f"== {BACKEND_NAMES[backend]}: skipped ({problem})", flush=True)
-                    bench.results[backend] = {"skipped": problem}
+                    bench.results[column] = {"skipped": problem}
                     continue
                 pg_used = True
+            bench.gateway_dir = sources["compare" if commit else ""]
             try:
-                bench.results[backend] = bench.run_gateway(backend)
+                bench.results[column] = bench.run_gateway(backend)
             except Exception as error:  # report it in the table; go on with the next backend
                 if not isinstance(error, BenchError):
                     traceback.print_exc()
-                print(f"  {BACKEND_NAMES[backend]} failed: {error}", file=sys.stderr, flush=True)
-                bench.results[backend] = {"error": str(error)}
+                print(f"  {column} failed: {error}", file=sys.stderr, flush=True)
+                bench.results[column] = {"error": str(error)}
                 failed = True
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
