@@ -24,6 +24,9 @@ User = get_user_model()
 
 
 class UserOutputSerializer(serializers.ModelSerializer):
+    # A string, not the model's EmailField: a user may have none (""), which is not an email.
+    email = serializers.CharField(read_only=True, help_text="An email address, or empty.")
+
     class Meta:
         model = User
         fields = ["id", "username", "email", "is_staff", "date_joined"]
@@ -41,7 +44,9 @@ class SignupApi(APIView):
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(max_length=128, style={"input_type": "password"})
-        email = serializers.EmailField(required=False, allow_blank=True, default="")
+        # No default: "" is not an email, so a declared default breaks the OpenAPI schema;
+        # user_create defaults it.
+        email = serializers.EmailField(required=False, allow_blank=True)
 
     @extend_schema(
         request=InputSerializer,

@@ -285,7 +285,7 @@ class LedgerListApi(APIView):
 
     class OutputSerializer(serializers.ModelSerializer):
         amount = CreditsField(min_value=None)
-        api_key_name = serializers.CharField(source="api_key.name", default=None)
+        api_key_name = serializers.CharField(source="api_key.name", default=None, allow_null=True)
 
         class Meta:
             model = LedgerEntry
@@ -308,7 +308,20 @@ class LedgerListApi(APIView):
     @extend_schema(
         description=OWN_ENTRIES_ONLY,
         parameters=[FilterSerializer],
-        responses={200: OutputSerializer(many=True), 403: OWN_KEY_ONLY},
+        # The page's envelope (LedgerPagination): an APIView's pagination is not seen by the
+        # schema generator.
+        responses={
+            200: inline_serializer(
+                "LedgerPage",
+                {
+                    "count": serializers.IntegerField(),
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": OutputSerializer(many=True),
+                },
+            ),
+            403: OWN_KEY_ONLY,
+        },
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)

@@ -11,7 +11,12 @@ import time
 from typing import ClassVar
 
 from django.http import HttpResponseBase
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import JSONRenderer
@@ -20,19 +25,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.authentication import api_key_of
-from llm_api import schemas
+from llm_api import openapi, schemas
 from llm_api.dialects import openai, responses, seed000, seed001, seed003
 from llm_api.dialects.base import Dialect
 from llm_api.exceptions import InvalidParameter
 from llm_api.images import ImageUploadLimit
+from llm_api.negotiation import EventStreamRenderer, GatewayContentNegotiation, answer_negotiated
 from llm_api.pipeline import chat_answer, embeddings_answer
 from llm_api.providers import providers
 from llm_api.selectors import models_list, provider_get, provider_model_names
 from project.parsers import JSONParser
-
-ANY_JSON = inline_serializer("AnyJson", {"any": serializers.JSONField(required=False)})
-REPLY = inline_serializer("SeedReply", {"response": serializers.CharField()})
-OPENAI = ["OpenAI-compatible"]
 
 IMAGE_FORM = inline_serializer(
     "Seed001ImageForm",
@@ -51,10 +53,13 @@ IMAGE_FORM = inline_serializer(
 
 
 class LlmApi(APIView):
-    """Base of the LLM routes: JSON in and out; errors in the dialect's shape."""
+    """Base of the LLM routes: JSON in, JSON or Server-Sent Events out (llm_api.negotiation);
+    errors in the dialect's shape."""
 
     parser_classes = [JSONParser]
-    renderer_classes = [JSONRenderer]
+    # JSON first: whole answers and errors. A route that never streams lists JSON alone.
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+    content_negotiation_class = GatewayContentNegotiation
     dialect: ClassVar[Dialect] = openai.CHAT
     route: ClassVar[str] = ""
 
@@ -63,6 +68,7 @@ class LlmApi(APIView):
         return self.dialect.error_format
 
     def answer(self, request: Request, chat: schemas.ChatInput, **options: str) -> HttpResponseBase:
+        answer_negotiated(request, stream=chat.stream)
         return chat_answer(request, chat, self.dialect, route=self.route, **options)
 
 
@@ -74,7 +80,10 @@ class ChatCompletionsApi(LlmApi):
 
     route = "chat.completions"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=OPENAI)
+    @extend_schema(
+        request={"application/json": openapi.CHAT_REQUEST},
+        responses=openapi.answers(openapi.CHAT_COMPLETION),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, schemas.chat_input(request.data))
 
@@ -85,7 +94,10 @@ class CompletionsApi(LlmApi):
     dialect = openai.TEXT
     route = "completions"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=OPENAI)
+    @extend_schema(
+        request={"application/json": openapi.COMPLETION_REQUEST},
+        responses=openapi.answers(openapi.TEXT_COMPLETION),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, openai.completion_input(request.data))
 
@@ -96,7 +108,10 @@ class ResponsesApi(LlmApi):
     dialect = responses.RESPONSES
     route = "responses"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=OPENAI)
+    @extend_schema(
+        request={"application/json": openapi.RESPONSES_REQUEST},
+        responses=openapi.answers(openapi.RESPONSE),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, responses.responses_input(request.data))
 
@@ -104,7 +119,12 @@ class ResponsesApi(LlmApi):
 class EmbeddingsApi(LlmApi):
     """OpenAI's embeddings, for providers that offer them."""
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=OPENAI)
+    renderer_classes = [JSONRenderer]
+
+    @extend_schema(
+        request={"application/json": openapi.EMBEDDINGS_REQUEST},
+        responses=openapi.answers(openapi.EMBEDDINGS, streams=False),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         model, inputs, encoding = openai.embeddings_input(request.data)
         return embeddings_answer(
@@ -118,7 +138,9 @@ class EmbeddingsApi(LlmApi):
 class ModelsApi(LlmApi):
     """Every available model as provider/model, plus the aliases."""
 
-    @extend_schema(responses={200: ANY_JSON}, tags=OPENAI)
+    renderer_classes = [JSONRenderer]
+
+    @extend_schema(responses=openapi.answers(openapi.MODELS, streams=False))
     def get(self, request: Request) -> Response:
         created = int(time.time())
         data = [{"object": "model", "created": created, **entry} for entry in models_list()]
@@ -148,6 +170,9 @@ def provider_param(request: Request) -> str:
 class SupportedModelsApi(APIView):
     """Seed 002: the models of one provider, as `{"models": [...]}`."""
 
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = GatewayContentNegotiation
+
     @extend_schema(
         parameters=[PROVIDER_PARAMETER],
         responses=inline_serializer("SupportedModels", {"models": serializers.ListField()}),
@@ -163,7 +188,11 @@ class ProviderChatApi(LlmApi):
     dialect = openai.SEED002
     route = "api.chat.completions"
 
-    @extend_schema(parameters=[PROVIDER_PARAMETER], request=ANY_JSON, responses={200: ANY_JSON})
+    @extend_schema(
+        parameters=[PROVIDER_PARAMETER],
+        request={"application/json": openapi.CHAT_REQUEST},
+        responses=openapi.answers(openapi.CHAT_COMPLETION),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         name = provider_param(request)
         chat = schemas.chat_input(request.data)
@@ -180,12 +209,12 @@ class GenerateApi(LlmApi):
 
     dialect = seed000.SEED000
     route = "seed000.generate"
+    renderer_classes = [JSONRenderer]
 
     @extend_schema(
         parameters=[OpenApiParameter("prompt", str, required=True)],
         request=None,
-        responses={200: REPLY},
-        tags=["Seed 000"],
+        responses=openapi.answers(openapi.SEED_REPLY, streams=False),
     )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, seed000.generate_input(request.query_params.get("prompt")))
@@ -200,19 +229,25 @@ class TextModelCompletionApi(LlmApi):
     dialect = seed001.TEXT_MODEL
     route = "seed001.text_model.completion"
     missing_credentials_message = seed001.MISSING_KEY
+    renderer_classes = [JSONRenderer]
     stream = False
 
-    @extend_schema(request=ANY_JSON, responses={200: REPLY}, tags=["Seed 001"])
+    @extend_schema(
+        request={"application/json": openapi.SEED001_TEXT_REQUEST},
+        responses=openapi.answers(openapi.SEED_REPLY, streams=False),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         chat = seed001.text_input(request.data)
         chat.stream = self.stream
         return self.answer(request, chat)
 
 
+@extend_schema_view(post=extend_schema(responses=openapi.answers(None)))
 class TextModelStreamApi(TextModelCompletionApi):
     """Seed 001: the reply from TEXT_MODEL as SSE `{"response": piece}` events."""
 
     route = "seed001.text_model.stream"
+    renderer_classes = LlmApi.renderer_classes
     stream = True
 
 
@@ -223,12 +258,12 @@ class ImageModelCompletionApi(LlmApi):
     route = "seed001.image_model.completion"
     missing_credentials_message = seed001.MISSING_KEY
     parser_classes = [MultiPartParser]
+    renderer_classes = [JSONRenderer]
     stream = False
 
     @extend_schema(
         request={"multipart/form-data": IMAGE_FORM},
-        responses={200: REPLY},
-        tags=["Seed 001"],
+        responses=openapi.answers(openapi.SEED_REPLY, streams=False),
     )
     def post(self, request: Request) -> HttpResponseBase:
         seed001.image_model_check()
@@ -243,10 +278,12 @@ class ImageModelCompletionApi(LlmApi):
         return self.answer(request, chat)
 
 
+@extend_schema_view(post=extend_schema(responses=openapi.answers(None)))
 class ImageModelStreamApi(ImageModelCompletionApi):
     """Seed 001: the reply from IMAGE_MODEL as SSE `{"response": piece}` events."""
 
     route = "seed001.image_model.stream"
+    renderer_classes = LlmApi.renderer_classes
     stream = True
 
 
@@ -259,7 +296,10 @@ class OllamaGenerateApi(LlmApi):
     dialect = seed003.GENERATE
     route = "seed003.generate"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
+    @extend_schema(
+        request={"application/json": openapi.SEED003_GENERATE_REQUEST},
+        responses=openapi.answers(openapi.SEED003_REPLY),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, seed003.generate_input(request.data))
 
@@ -270,7 +310,10 @@ class OllamaChatApi(LlmApi):
     dialect = seed003.CHAT
     route = "seed003.chat"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
+    @extend_schema(
+        request={"application/json": openapi.SEED003_CHAT_REQUEST},
+        responses=openapi.answers(openapi.SEED003_REPLY),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, seed003.chat_input(request.data))
 
@@ -281,6 +324,9 @@ class OllamaCompletionsApi(LlmApi):
     dialect = seed003.COMPLETION
     route = "seed003.completions"
 
-    @extend_schema(request=ANY_JSON, responses={200: ANY_JSON}, tags=["Seed 003"])
+    @extend_schema(
+        request={"application/json": openapi.COMPLETION_REQUEST},
+        responses=openapi.answers(openapi.TEXT_COMPLETION),
+    )
     def post(self, request: Request) -> HttpResponseBase:
         return self.answer(request, openai.completion_input(request.data))

@@ -144,7 +144,7 @@ def response_format(body: dict, name: str = "response_format") -> dict[str, Any]
     if value is None:
         return None
     kind = value.get("type") if isinstance(value, dict) else None
-    if kind not in {"text", "json_object", "json_schema"}:
+    if not isinstance(kind, str) or kind not in {"text", "json_object", "json_schema"}:
         raise InvalidParameter(
             "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
             param="response_format.type",
@@ -201,7 +201,8 @@ def message(raw: Any, index: int) -> Message:
         raise InvalidParameter(
             f"'{param}' must be an object with 'role' and 'content'.", param=param
         )
-    role = ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    role = raw.get("role")
+    role = ROLES.get(role) if isinstance(role, str) else None  # JSON may hold any type here
     if role is None:
         raise InvalidParameter(
             f"'{param}.role' must be one of system, developer, user, assistant, tool.",

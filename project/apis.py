@@ -136,7 +136,9 @@ class HealthApi(PublicApi):
 
 
 class InfoProviderSerializer(ProviderStatusSerializer):
-    available = serializers.BooleanField(help_text="The same as configured (older name).")
+    available = serializers.BooleanField(
+        help_text="Configured and answering its probe: whether a call to it can succeed now."
+    )
 
 
 class InfoOutputSerializer(serializers.Serializer):
@@ -164,7 +166,9 @@ class InfoApi(PublicApi):
                 "default_provider": settings.DEFAULT_PROVIDER,
                 "default_model": f"{settings.DEFAULT_PROVIDER}/{settings.DEFAULT_MODEL}",
                 "providers": {
-                    name: {"available": status["configured"], **status}
+                    # Not `configured` alone: a configured Ollama that nothing answers for is
+                    # not available, and clients (seed 003's) read this key.
+                    name: {"available": status["reachable"] is True, **status}
                     for name, status in report["providers"].items()
                 },
                 "providers_down": report["providers_down"],

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as cors_default_headers
 from decouple import Csv, config
 
 from project.local_secrets import api_key_secret_from, local_secret_key
@@ -195,6 +196,9 @@ TRUSTED_PROXIES = config("TRUSTED_PROXIES", default="", cast=Csv())
 NUM_PROXIES = config("NUM_PROXIES", default="", cast=lambda value: int(value) if value else None)
 CORS_ALLOW_CREDENTIALS = False
 CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
+# A browser front end on an allowed origin may send its key as X-API-Key (the seeds' header),
+# not only as Authorization: the preflight must allow it.
+CORS_ALLOW_HEADERS = (*cors_default_headers, "x-api-key")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -248,6 +252,27 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Operations are tagged by area from their path, and the areas described, by a hook
+    # (project/schema.py), so that new routes are tagged too.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "project.schema.tag_by_area",
+        "project.schema.add_examples",
+        "project.schema.add_links",
+    ],
+    # The docs make no request outside the gateway: no validator badge (Swagger UI would send
+    # the schema's URL to validator.swagger.io) and ReDoc in the system's fonts (its page links
+    # Google Fonts otherwise: project/templates/project/redoc.html drops the link).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "REDOC_UI_SETTINGS": {
+        "theme": {
+            "typography": {
+                "fontFamily": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
+                "headings": {"fontFamily": "system-ui, -apple-system, 'Segoe UI', sans-serif"},
+                "code": {"fontFamily": "ui-monospace, 'SFMono-Regular', Menlo, monospace"},
+            }
+        }
+    },
 }
 
 LOGGING = {

@@ -198,7 +198,7 @@ def embeddings_input(body: Any) -> tuple[str | None, list[str], str]:
     if body.get("dimensions") is not None:
         raise InvalidParameter("'dimensions' is not supported by this gateway.", param="dimensions")
     encoding = body.get("encoding_format") or "float"
-    if encoding not in {"float", "base64"}:
+    if not isinstance(encoding, str) or encoding not in {"float", "base64"}:
         raise InvalidParameter(
             "'encoding_format' must be 'float' or 'base64'.", param="encoding_format"
         )

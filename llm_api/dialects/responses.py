@@ -39,6 +39,8 @@ ROLES = {"user", "assistant", "system", "developer"}
 
 def input_part(part: Any, param: str) -> Part:
     kind = part.get("type") if isinstance(part, dict) else None
+    if not isinstance(kind, str):  # any JSON value may come; a set lookup needs a hashable one
+        kind = None
     if kind in {"input_text", "output_text", "text"} and isinstance(part.get("text"), str):
         return TextPart(part["text"])
     if kind == "input_image":
@@ -56,7 +58,11 @@ def input_part(part: Any, param: str) -> Part:
 
 def input_message(item: Any, index: int) -> Message:
     param = f"input.{index}"
-    if not isinstance(item, dict) or item.get("role") not in ROLES:
+    if (
+        not isinstance(item, dict)
+        or not isinstance(item.get("role"), str)
+        or item["role"] not in ROLES
+    ):
         raise InvalidParameter(
             f"'{param}' must be a message with a role (user, assistant, system, developer) and "
             "content.",

@@ -73,7 +73,8 @@ def test_a_provider_that_is_down_is_listed_and_the_gateway_stays_healthy(
     assert body["providers"]["openai"]["reachable"] is True
     info = api.get("/api/info").json()
     assert info["providers_down"] == ["ollama"]
-    assert info["providers"]["ollama"]["available"] is True
+    assert info["providers"]["ollama"]["available"] is False
+    assert info["providers"]["ollama"]["configured"] is True
 
 
 def test_probes_are_cached_so_health_checks_do_not_flood_the_providers(api, db, providers_up):
