@@ -11,6 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from billing import keys
 from billing.exceptions import InsufficientCredits, RefundRefused
@@ -26,6 +27,19 @@ from billing.services import (
     credits_refund,
 )
 from billing.services.api_keys import EDITABLE_FIELDS
+
+STATUS_COLOURS = {"active": "#59a14f", "expired": "#f28e2b", "revoked": "#e15759"}
+
+
+def key_badge(api_key: ApiKey) -> str:
+    """A badge that cannot be missed: green active, orange expired, red revoked."""
+    return format_html(
+        '<span class="key-badge key-{}" style="padding:1px 7px;border-radius:8px;'
+        'font-size:11px;font-weight:bold;color:#fff;background:{}">{}</span>',
+        api_key.status,
+        STATUS_COLOURS.get(api_key.status, "#e15759"),
+        api_key.status.upper(),
+    )
 
 
 def _can_write_entries(request: HttpRequest) -> bool:
@@ -52,7 +66,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "user",
         "masked",
-        "status",
+        "status_",
         "scopes_",
         "created_at",
         "last_used_at",
@@ -65,7 +79,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     raw_id_fields = ["user"]
     actions = ["revoke_keys"]
     shown_once_template = "admin/billing/apikey/key_created.html"
-    facts = ["masked", "status", "created_at", "last_used_at", "revoked_at", "spent_", "held_"]
+    facts = ["masked", "status_", "created_at", "last_used_at", "revoked_at", "spent_", "held_"]
+
+    @admin.display(description="status", ordering="revoked_at")
+    def status_(self, obj: ApiKey) -> str:
+        return key_badge(obj)
 
     @admin.display(description="scopes")
     def scopes_(self, obj: ApiKey) -> str:

@@ -34,6 +34,7 @@ from llm_api.concurrency import LeaseKeeper
 from llm_api.images import image_tokens
 from llm_api.models import UsageRecord
 from llm_api.providers.base import ChatRequest, ProviderError, Usage
+from operations import metrics
 
 if TYPE_CHECKING:
     from llm_api.limits import Admission
@@ -169,6 +170,8 @@ class Meter:
             model=self.target.name,
         )
         running.hold(self.caller.request_id)
+        if self.stream:
+            metrics.stream_opened(request_id=self.caller.request_id)
 
     def answered_by(self, target: Target) -> None:
         """Meter `target` from now on (a fallback took over): its name and its price."""
@@ -217,7 +220,7 @@ class Meter:
     def _record(self, usage: Usage, cost: int, status: str, error_code: str) -> dict:
         now = time.monotonic()
         ttft = self.first_token_at
-        return {
+        record = {
             "request_id": self.caller.request_id,
             "user_id": self.caller.user_id,
             "api_key_id": self.caller.api_key_id,
@@ -234,6 +237,11 @@ class Meter:
             "latency_ms": int((now - self.started) * 1000),
             "ttft_ms": int((ttft - self.started) * 1000) if ttft else None,
         }
+        # Every call ends here, settled or released, once: its metrics and its log line.
+        metrics.call_observed(
+            record=record, key_prefix=self.caller.api_key.prefix if self.caller.api_key else ""
+        )
+        return record
 
 
 # --- holds of calls in progress ----------------------------------------------------------------

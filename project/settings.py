@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "accounts",
     "billing",
     "llm_api",
+    "operations",
 ]
 
 MIDDLEWARE = [
@@ -275,11 +276,34 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# --- Operations: the dashboard, metrics and logs ---------------------------------------
+# GET /metrics answers only a Bearer METRICS_TOKEN (unset: 404), and only from
+# METRICS_ALLOWED_IPS (addresses or CIDR networks; empty: any address) when set.
+METRICS_TOKEN = config("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = config("METRICS_ALLOWED_IPS", default="", cast=Csv())
+# Every worker process writes its metrics here and /metrics adds them up (prometheus_client's
+# multiprocess mode). Set here, before anything imports prometheus_client, and always from
+# METRICS_DIR: an inherited PROMETHEUS_MULTIPROC_DIR would mix another gateway's counts in.
+METRICS_DIR = Path(config("METRICS_DIR", default="") or DATA_DIR / "metrics")
+METRICS_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+# json: one JSON object a line (for a log collector); text: plain lines. By default text when
+# stderr is a terminal, json otherwise.
+LOG_FORMAT = config("LOG_FORMAT", default="") or ("text" if os.isatty(2) else "json")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "operations.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": config("LOG_LEVEL", default="INFO")},
     "loggers": {
         # Django logs every 4xx/5xx with the request line; that line is enough and never holds

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from accounts.views import admin_login
+from operations import views as operations_views
 from project import apis
 
 handler404 = "project.exception_handler.not_found"
@@ -10,6 +11,7 @@ handler500 = "project.exception_handler.server_error"
 
 urlpatterns = [
     path("", apis.WelcomeApi.as_view(), name="welcome"),
+    path("metrics", operations_views.metrics, name="metrics"),  # Prometheus (operations)
     path("health", apis.HealthApi.as_view(), name="health"),
     path("api/info", apis.InfoApi.as_view(), name="info"),
     path("api/", include("accounts.urls")),
