@@ -90,7 +90,8 @@ def test_a_client_that_hangs_up_during_a_wait_is_noticed(fake_upstream):
     response.close()
 
     assert fake_upstream.stream_closed_early.wait(10)
-    assert gate.abandoned and gate.over.is_set() and not gate.expired
+    assert gate.over.wait(timeout=5)
+    assert gate.abandoned and not gate.expired
     assert gate.sent == 1
 
 
