@@ -52,6 +52,7 @@ class Caller:
     user_id: int
     request_id: str
     api_key: ApiKeyInfo | None = None
+    batch: bool = False  # a batch line: no live rpm/tpm, BATCH_PRICE_MULTIPLIER
 
     @property
     def api_key_id(self) -> int | None:
@@ -136,6 +137,16 @@ def texts_tokens_bound(texts: list[str]) -> int:
     return sum(len(text.encode("utf-8", "surrogatepass")) + 1 for text in texts)
 
 
+# --- a batch line's price ----------------------------------------------------------------------
+
+
+def batch_priced(caller: Caller, amount: int) -> int:
+    """Return `amount` times BATCH_PRICE_MULTIPLIER for a batch line, else `amount`."""
+    if not caller.batch:
+        return amount
+    return math.ceil(amount * settings.BATCH_PRICE_MULTIPLIER)
+
+
 # --- the meter ----------------------------------------------------------------------------------
 
 
@@ -162,6 +173,7 @@ class Meter:
         The database connection goes back to the pool with the write (`ledger_write`), so the
         request holds none while the provider works.
         """
+        amount = batch_priced(self.caller, amount)
         credits_hold(
             user_id=self.caller.user_id,
             amount=amount,
@@ -191,7 +203,8 @@ class Meter:
         running.drop(self.caller.request_id)
         if self.admission is not None:
             self.admission.settle(usage.total_tokens)
-        cost = min(self.price.cost(usage.prompt_tokens, usage.completion_tokens), MAX_AMOUNT)
+        cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        cost = min(batch_priced(self.caller, cost), MAX_AMOUNT)
         pending.write(
             "settle",
             request_id=self.caller.request_id,

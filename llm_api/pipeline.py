@@ -71,7 +71,10 @@ class Call:
 
 def caller_of(request: Request) -> Caller:
     return Caller(
-        user_id=request.user.pk, request_id=request.request_id, api_key=api_key_of(request)
+        user_id=request.user.pk,
+        request_id=request.request_id,
+        api_key=api_key_of(request),
+        batch=getattr(request, "batch_line", False),  # set by batches.services for a batch line
     )
 
 

@@ -52,7 +52,7 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        limit = settings.REQUEST_MAX_BYTES
+        limit = self.limit(request)
         length = request.META.get("CONTENT_LENGTH")
         if length and length.isdigit() and int(length) > limit:
             return self.too_large(request, f"{int(length):,} bytes")
@@ -64,6 +64,15 @@ class RequestSizeLimitMiddleware:
             request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
             request.META["CONTENT_LENGTH"] = str(len(body))
         return self.get_response(request)
+
+    @staticmethod
+    def limit(request: HttpRequest) -> int:
+        """Return the most bytes this request's body may have: a batch input file may be as
+        large as BATCH_FILE_MAX_BYTES (plus its multipart framing), any other body
+        REQUEST_MAX_BYTES."""
+        if request.path_info == "/v1/files" and request.method == "POST":
+            return max(settings.REQUEST_MAX_BYTES, settings.BATCH_FILE_MAX_BYTES + 64 * 1024)
+        return settings.REQUEST_MAX_BYTES
 
     @staticmethod
     def chunked(request: HttpRequest) -> bool:
@@ -80,9 +89,12 @@ class RequestSizeLimitMiddleware:
                 return None
         return b"".join(pieces)
 
-    @staticmethod
-    def too_large(request: HttpRequest, size: str) -> HttpResponse:
-        error = request_too_large(size)
+    def too_large(self, request: HttpRequest, size: str) -> HttpResponse:
+        limit = self.limit(request)
+        setting = (
+            "REQUEST_MAX_BYTES" if limit == settings.REQUEST_MAX_BYTES else "BATCH_FILE_MAX_BYTES"
+        )
+        error = request_too_large(size, limit, setting)
         return json_error(request, error.status_code, error.message, error.code)
 
 

@@ -18,12 +18,13 @@ class RequestTooLarge(ServiceError):
     default_message = "The request body is too large."
 
 
-def request_too_large(size: str) -> RequestTooLarge:
-    """Return the 413 for a body of `size` ("41,943,040 bytes") over REQUEST_MAX_BYTES."""
-    return RequestTooLarge(
-        f"The request body is {size}; the limit is {settings.REQUEST_MAX_BYTES:,} bytes "
-        "(REQUEST_MAX_BYTES)."
-    )
+def request_too_large(
+    size: str, limit: int | None = None, setting: str = "REQUEST_MAX_BYTES"
+) -> RequestTooLarge:
+    """Return the 413 for a body of `size` ("41,943,040 bytes") over `limit` (by default
+    REQUEST_MAX_BYTES), naming the `setting` that sets it."""
+    limit = settings.REQUEST_MAX_BYTES if limit is None else limit
+    return RequestTooLarge(f"The request body is {size}; the limit is {limit:,} bytes ({setting}).")
 
 
 # A \uD800-\uDFFF escape: half of a surrogate pair, valid only with its other half.

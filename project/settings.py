@@ -76,6 +76,8 @@ INSTALLED_APPS = [
     "billing",
     "llm_api",
     "operations",
+    "huey.contrib.djhuey",  # the Batch API's queue
+    "batches",
 ]
 
 MIDDLEWARE = [
@@ -440,3 +442,28 @@ IMAGE_FETCH_TIMEOUT = config("IMAGE_FETCH_TIMEOUT", default=10.0, cast=float)
 IMAGE_FETCH_ALLOWED_NETWORKS = config("IMAGE_FETCH_ALLOWED_NETWORKS", default="", cast=Csv())
 # The only ports image URLs may name (explicitly or by their scheme).
 IMAGE_FETCH_PORTS = config("IMAGE_FETCH_PORTS", default="80,443", cast=Csv(int))
+
+
+# --- Batches ------------------------------------------------------------------------------------
+# The Batch API's files (Django's storage API) and its queue (Huey; correctness is in our rows).
+BATCH_FILES_DIR = Path(config("BATCH_FILES_DIR", default="") or DATA_DIR / "files")
+BATCH_FILE_MAX_BYTES = config("BATCH_FILE_MAX_BYTES", default=200 * 1024 * 1024, cast=int)
+BATCH_FILE_MAX_LINES = config("BATCH_FILE_MAX_LINES", default=50_000, cast=int)
+BATCH_PRICE_MULTIPLIER = config("BATCH_PRICE_MULTIPLIER", default=1.0, cast=float)
+BATCH_CONCURRENCY_LIMIT = config("BATCH_CONCURRENCY_LIMIT", default=4, cast=int)
+BATCH_ENQUEUED_TOKENS_LIMIT = config("BATCH_ENQUEUED_TOKENS_LIMIT", default=0, cast=int)
+BATCH_LEASE_SECONDS = config("BATCH_LEASE_SECONDS", default=300, cast=int)
+BATCH_COMPLETION_WINDOW_SECONDS = config(
+    "BATCH_COMPLETION_WINDOW_SECONDS", default=24 * 3600, cast=int
+)
+HUEY = {
+    "huey_class": "huey.RedisHuey" if REDIS_URL else "huey.SqliteHuey",
+    # Its own queue per deployment in a shared Redis (as the cache keys are).
+    "name": f"batches-{config('CACHE_KEY_PREFIX', default='llm')}",
+    "immediate": False,
+    "consumer": {"workers": config("BATCH_WORKERS", default=4, cast=int), "worker_type": "thread"},
+}
+if REDIS_URL:
+    HUEY["url"] = REDIS_URL
+else:
+    HUEY["filename"] = str(DATA_DIR / "huey.sqlite3")

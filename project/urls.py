@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/", include("billing.urls")),
     path("", include("llm_api.urls")),
     path("", include("llm_api.seed_urls")),
+    path("", include("batches.urls")),  # --- Batches: /v1/files, /v1/batches
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

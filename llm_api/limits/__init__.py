@@ -82,7 +82,8 @@ def admitted(caller: Caller, *, tokens: int) -> Iterator[Admission]:
 
     Errors raised inside the block carry the admission's `x-ratelimit-*` headers too.
     """
-    limits = limits_for(caller)
+    # A batch line is capped by its batch's concurrency, not the live rpm/tpm
+    limits = [] if caller.batch else limits_for(caller)
     admission = admission_take(limits, tokens=tokens) if limits else Admission()
     try:
         yield admission

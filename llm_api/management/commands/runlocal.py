@@ -8,6 +8,7 @@ its own, the other is stopped too and the command fails with that one's exit cod
 
 import os
 import signal
+import sys
 import time
 from argparse import ArgumentParser
 from types import FrameType
@@ -90,7 +91,20 @@ class Command(BaseCommand):
 
     def _serve_alone(self, options: dict[str, Any]) -> None:
         serve_options = {key: options[key] for key in ("host", "port", "threads", "workers")}
-        call_command("serve", access_log=options["access_log"], **serve_options)
+        worker = self._start_worker([])  # batches: the queue's consumer beside the gateway
+        try:
+            call_command("serve", access_log=options["access_log"], **serve_options)
+        finally:
+            worker.stop()
+
+    def _start_worker(self, children: list[ServerProcess]) -> ServerProcess:
+        """Start the batch worker (`manage.py run_huey`), which runs /v1/batches' lines."""
+        log_path = settings.DATA_DIR / "batch-worker.log"
+        argv = [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_huey"]
+        worker = ServerProcess.start("batch worker", argv, env=dict(os.environ), log_path=log_path)
+        children.append(worker)
+        self._say(f"Started the batch worker: pid {worker.process.pid} (log: {log_path}).")
+        return worker
 
     def _run_both(self, host: str, port: int, options: dict[str, Any]) -> None:
         children: list[ServerProcess] = []
@@ -99,6 +113,7 @@ class Command(BaseCommand):
             # wait still stops it.
             self._start_model(host, port, options, children)
             self._start_gateway(options, children)
+            self._start_worker(children)
             self._supervise(children)
         except Stop as stop:
             self._say(f"\n{stop} received: stopping.")
