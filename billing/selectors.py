@@ -74,13 +74,13 @@ class PriceTable:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._loaded: _LoadedPrices | None = None
+        self._generation = 0  # moved by clear(): a load that read the old rows is not kept
 
     def clear(self) -> None:
-        # Under the lock, so a load that read the old rows cannot be installed after this.
-        with self._lock:
-            self._loaded = None
+        self._generation += 1
+        self._loaded = None
 
     def lookup(self, name: str) -> Price:
         """Return the price of `name`: the exact row, else the most specific pattern, else the
@@ -101,13 +101,22 @@ class PriceTable:
         return DEFAULT_PRICE
 
     def _fresh(self) -> _LoadedPrices:
+        """Return the table, reloaded when stale. No thread waits for another's load (it may
+        need a pooled connection the waiting thread holds: see llm_api.selectors.TimedCache):
+        one reloads while the others use the stale table, or load their own if there is none."""
         loaded = self._loaded
         if _is_fresh(loaded):
-            return loaded
-        with self._lock:
-            if not _is_fresh(self._loaded):  # another thread may have just loaded it
-                self._loaded = _load_prices()
-            return self._loaded
+            return loaded  # type: ignore[return-value]
+        if not self._refreshing.acquire(blocking=False):
+            return loaded if loaded is not None else _load_prices()
+        try:
+            generation = self._generation
+            fresh = _load_prices()
+            if generation == self._generation:
+                self._loaded = fresh
+            return fresh
+        finally:
+            self._refreshing.release()
 
 
 def _is_fresh(loaded: _LoadedPrices | None) -> bool:

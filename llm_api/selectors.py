@@ -34,22 +34,36 @@ class Target:
         return f"{self.provider.name}/{self.model}"
 
 
+_UNSET = object()
+
+
 class TimedCache:
-    """A value recomputed at most every `seconds`, shared by the threads of one process."""
+    """A value recomputed at most every `seconds`, shared by the threads of one process.
+
+    No thread waits for another's computation. A computation may need a pooled database
+    connection that a waiting thread holds (a thousand requests arriving at once each hold one
+    after their key lookup), and waiting would leave the pool empty and every thread stuck until
+    its timeout. So one thread refreshes an expired value while the others serve the previous
+    one; until there is one, each thread computes its own.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._value: object = None
+        self._value: object = _UNSET
         self._expires = 0.0
-        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     def get(self, compute):  # type: ignore[no-untyped-def]
-        if time.monotonic() >= self._expires:
-            with self._lock:
-                if time.monotonic() >= self._expires:
-                    self._value = compute()
-                    self._expires = time.monotonic() + self.seconds
-        return self._value
+        if time.monotonic() < self._expires:
+            return self._value
+        if not self._refreshing.acquire(blocking=False):
+            return compute() if self._value is _UNSET else self._value
+        try:
+            value = compute()
+            self._value, self._expires = value, time.monotonic() + self.seconds
+        finally:
+            self._refreshing.release()
+        return value
 
     def clear(self) -> None:
         self._expires = 0.0
