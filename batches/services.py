@@ -248,6 +248,14 @@ def line_claim(*, batch_id: str) -> BatchLine | None:
     while True:
         now = timezone.now()
         with transaction.atomic():
+            # Only while the batch runs, checked in the claim's own transaction (the batch row
+            # locked on PostgreSQL; SQLite's write lock does it): a cancel or an expiry that
+            # commits first leaves nothing to claim, so no line starts once it is cancelled.
+            running = Batch.objects.filter(pk=batch_id, status=Batch.Status.IN_PROGRESS)
+            if transaction.get_connection().vendor == "postgresql":
+                running = running.select_for_update(no_key=True)
+            if running.values_list("pk", flat=True).first() is None:
+                return None
             claimable = BatchLine.objects.filter(batch_id=batch_id).filter(
                 Q(status=BatchLine.Status.PENDING)
                 | Q(status=BatchLine.Status.RUNNING, lease_until__lt=now)
