@@ -4,8 +4,6 @@ METRICS_TOKEN (and, when METRICS_ALLOWED_IPS is set, scrapes from one of those a
 from __future__ import annotations
 
 import hmac
-from functools import cache
-from ipaddress import ip_network
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
@@ -13,21 +11,13 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from operations.metrics import metrics_text
-from project.clients import client_address, parse_address
+from project.clients import address_in, client_address, networks
 from project.exception_handler import json_error
 
 
-@cache
-def allowed_networks(addresses: tuple[str, ...]) -> tuple:
-    return tuple(ip_network(address.strip(), strict=False) for address in addresses if address)
-
-
 def _allowed(request: HttpRequest) -> bool:
-    networks = allowed_networks(tuple(settings.METRICS_ALLOWED_IPS))
-    if not networks:
-        return True
-    address = parse_address(client_address(request))
-    return address is not None and any(address in network for network in networks)
+    allowed = networks(tuple(settings.METRICS_ALLOWED_IPS))
+    return not allowed or address_in(client_address(request), allowed)
 
 
 @require_GET

@@ -2,13 +2,13 @@
 rate, fails at start-up rather than on the first request (or, for a secret, on the first
 restart, when a secret made up at start-up would change and void every JWT and API key)."""
 
-from ipaddress import ip_network
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, register
 from rest_framework.settings import api_settings
 
+from project.clients import bad_network_entries
 from project.throttling import parse_rate, rate_setting
 
 SECRETS = {
@@ -38,22 +38,23 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     ]
 
 
+def network_list_errors(setting: str, check_id: str) -> list[Error]:
+    """Return an error for each entry of the address-list `setting` that is neither an IP
+    address nor a CIDR network."""
+    return [
+        Error(
+            f"{setting} entry {entry!r} is not an IP address or network.",
+            hint="List addresses or CIDR networks, comma-separated: 10.0.0.5,10.1.0.0/16.",
+            id=check_id,
+        )
+        for entry in bad_network_entries(getattr(settings, setting))
+    ]
+
+
 @register()
 def check_trusted_proxies(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Every TRUSTED_PROXIES entry is an IP address or a CIDR network."""
-    errors = []
-    for entry in settings.TRUSTED_PROXIES:
-        try:
-            ip_network(entry.strip(), strict=False)
-        except ValueError:
-            errors.append(
-                Error(
-                    f"TRUSTED_PROXIES entry {entry!r} is not an IP address or network.",
-                    hint="List addresses or CIDR networks, comma-separated: 10.0.0.5,10.1.0.0/16.",
-                    id="project.E003",
-                )
-            )
-    return errors
+    return network_list_errors("TRUSTED_PROXIES", "project.E003")
 
 
 @register()

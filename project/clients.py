@@ -23,7 +23,7 @@ def client_address(request: HttpRequest | Request) -> str:
     """Return the address of the client that sent `request`, as far as it can be trusted."""
     remote = request.META.get("REMOTE_ADDR", "")
     forwarded = _forwarded_for(request)
-    proxies = trusted_proxies(tuple(settings.TRUSTED_PROXIES))
+    proxies = networks(tuple(settings.TRUSTED_PROXIES))
     if proxies:
         return _nearest_untrusted([*forwarded, remote], proxies)
     num_proxies = api_settings.NUM_PROXIES
@@ -50,15 +50,33 @@ def parse_address(text: str) -> Address | None:
 
 
 @lru_cache(maxsize=8)
-def trusted_proxies(entries: tuple[str, ...]) -> tuple[Network, ...]:
-    """Return the TRUSTED_PROXIES entries as networks (the system check reports bad ones)."""
-    networks = []
+def networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    """Return a setting's list of addresses and CIDR networks (TRUSTED_PROXIES,
+    METRICS_ALLOWED_IPS) as networks; the system checks report the entries that are neither."""
+    parsed = []
     for entry in entries:
         try:
-            networks.append(ip_network(entry.strip(), strict=False))
+            parsed.append(ip_network(entry.strip(), strict=False))
         except ValueError:
             continue
-    return tuple(networks)
+    return tuple(parsed)
+
+
+def bad_network_entries(entries: list[str]) -> list[str]:
+    """Return the entries of such a list that are neither an address nor a network."""
+    bad = []
+    for entry in entries:
+        try:
+            ip_network(entry.strip(), strict=False)
+        except ValueError:
+            bad.append(entry)
+    return bad
+
+
+def address_in(text: str, within: tuple[Network, ...]) -> bool:
+    """Return whether the address in `text` lies in one of the networks."""
+    address = parse_address(text)
+    return address is not None and any(address in network for network in within)
 
 
 def _forwarded_for(request: HttpRequest | Request) -> list[str]:
@@ -73,7 +91,7 @@ def _nearest_untrusted(hops: list[str], proxies: tuple[Network, ...]) -> str:
     the first untrusted hop was written by us and everything to its left by the client.
     """
     for hop in reversed(hops):
-        address = parse_address(hop)
-        if address is None or not any(address in network for network in proxies):
+        if not address_in(hop, proxies):
+            address = parse_address(hop)
             return str(address) if address else hop
     return hops[0]  # every hop is one of ours: the request came from inside
