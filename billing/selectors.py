@@ -1,7 +1,5 @@
 """Reads: prices, balances, the ledger, usage totals and API keys (cached for authentication)."""
 
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -17,6 +15,7 @@ from billing.exceptions import ApiKeyNotFound, PriceMissing
 from billing.keys import ApiKeyInfo
 from billing.models import ApiKey, CreditAccount, LedgerEntry, ModelPrice, is_pattern
 from billing.money import MICRO
+from project.timed import TimedCache
 
 # --- Prices ----------------------------------------------------------------------------------
 
@@ -51,7 +50,6 @@ def _specificity(pattern: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class _LoadedPrices:
-    at: float
     exact: dict[str, Price]
     patterns: list[tuple[str, Price]]  # most specific first
 
@@ -60,7 +58,6 @@ def _load_prices() -> _LoadedPrices:
     prices = {row.model.lower(): _price_of(row) for row in ModelPrice.objects.all()}
     patterns = [(model, price) for model, price in prices.items() if is_pattern(model)]
     return _LoadedPrices(
-        at=time.monotonic(),
         exact={model: price for model, price in prices.items() if not is_pattern(model)},
         patterns=sorted(patterns, key=lambda item: _specificity(item[0])),
     )
@@ -74,18 +71,15 @@ class PriceTable:
     """
 
     def __init__(self) -> None:
-        self._refreshing = threading.Lock()
-        self._loaded: _LoadedPrices | None = None
-        self._generation = 0  # moved by clear(): a load that read the old rows is not kept
+        self._table: TimedCache[_LoadedPrices] = TimedCache(lambda: settings.PRICE_CACHE_SECONDS)
 
     def clear(self) -> None:
-        self._generation += 1
-        self._loaded = None
+        self._table.clear()
 
     def lookup(self, name: str) -> Price:
         """Return the price of `name`: the exact row, else the most specific pattern, else the
         default; with PRICE_REQUIRED, neither the default nor a catch-all row (`*`) applies."""
-        loaded = self._fresh()
+        loaded = self._table.get(_load_prices)
         if name in loaded.exact:
             return loaded.exact[name]
         required = settings.PRICE_REQUIRED
@@ -99,28 +93,6 @@ class PriceTable:
                 "/admin/billing/modelprice/add/."
             )
         return DEFAULT_PRICE
-
-    def _fresh(self) -> _LoadedPrices:
-        """Return the table, reloaded when stale. No thread waits for another's load (it may
-        need a pooled connection the waiting thread holds: see llm_api.selectors.TimedCache):
-        one reloads while the others use the stale table, or load their own if there is none."""
-        loaded = self._loaded
-        if _is_fresh(loaded):
-            return loaded  # type: ignore[return-value]
-        if not self._refreshing.acquire(blocking=False):
-            return loaded if loaded is not None else _load_prices()
-        try:
-            generation = self._generation
-            fresh = _load_prices()
-            if generation == self._generation:
-                self._loaded = fresh
-            return fresh
-        finally:
-            self._refreshing.release()
-
-
-def _is_fresh(loaded: _LoadedPrices | None) -> bool:
-    return loaded is not None and time.monotonic() - loaded.at < settings.PRICE_CACHE_SECONDS
 
 
 def _price_of(row: ModelPrice) -> Price:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +15,7 @@ from llm_api.exceptions import ProviderUnavailable
 from llm_api.models import ModelAlias
 from llm_api.providers import providers
 from llm_api.providers.base import Provider, ProviderError
+from project.timed import TimedCache
 
 logger = logging.getLogger(__name__)
 
@@ -32,41 +31,6 @@ class Target:
     def name(self) -> str:
         """Return the public `provider/model` name (what allowlists, prices and usage use)."""
         return f"{self.provider.name}/{self.model}"
-
-
-_UNSET = object()
-
-
-class TimedCache:
-    """A value recomputed at most every `seconds`, shared by the threads of one process.
-
-    No thread waits for another's computation. A computation may need a pooled database
-    connection that a waiting thread holds (a thousand requests arriving at once each hold one
-    after their key lookup), and waiting would leave the pool empty and every thread stuck until
-    its timeout. So one thread refreshes an expired value while the others serve the previous
-    one; until there is one, each thread computes its own.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._value: object = _UNSET
-        self._expires = 0.0
-        self._refreshing = threading.Lock()
-
-    def get(self, compute):  # type: ignore[no-untyped-def]
-        if time.monotonic() < self._expires:
-            return self._value
-        if not self._refreshing.acquire(blocking=False):
-            return compute() if self._value is _UNSET else self._value
-        try:
-            value = compute()
-            self._value, self._expires = value, time.monotonic() + self.seconds
-        finally:
-            self._refreshing.release()
-        return value
-
-    def clear(self) -> None:
-        self._expires = 0.0
 
 
 # Alias edits in the admin clear this process's copy at once; other processes see them within

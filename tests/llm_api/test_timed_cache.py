@@ -1,64 +1,53 @@
-"""Process caches never make a thread wait for another thread's load: a load may need a pooled
-database connection that the waiting thread holds (a thousand requests arriving at once each
-hold one after their key lookup), and waiting would leave every thread stuck until the pool's
-timeout."""
+"""The process caches (aliases, model lists, prices) never make a thread wait for another
+thread's load: a load may need a pooled database connection that the waiting thread holds (a
+thousand requests arriving at once each hold one after their key lookup), and waiting would
+leave every thread stuck until the pool's timeout."""
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import pytest
-
-from billing.selectors import price_for, price_table
-from llm_api.selectors import TimedCache
+from project.timed import TimedCache
 
 
-def test_a_thread_computes_its_own_value_while_another_is_still_loading():
-    cache = TimedCache(60)
-    loading, release = threading.Event(), threading.Event()
+@contextmanager
+def loading_in_another_thread(cache: TimedCache, value: str) -> Iterator[None]:
+    """Run `cache.get` in another thread whose computation of `value` is under way until the
+    block ends."""
+    started, release = threading.Event(), threading.Event()
 
     def slow() -> str:
-        loading.set()
+        started.set()
         release.wait(10)
-        return "slow"
+        return value
 
     loader = threading.Thread(target=cache.get, args=(slow,))
     loader.start()
     try:
-        assert loading.wait(5)
-        assert cache.get(lambda: "own") == "own"  # did not wait for the loader
+        assert started.wait(5)
+        yield
     finally:
         release.set()
         loader.join(10)
+
+
+def test_a_thread_computes_its_own_value_while_another_is_still_loading():
+    cache = TimedCache(60)
+    with loading_in_another_thread(cache, "slow"):
+        assert cache.get(lambda: "own") == "own"  # did not wait for the loader
     assert cache.get(lambda: "never") == "slow"
 
 
 def test_a_stale_value_is_served_while_one_thread_refreshes_it():
-    cache = TimedCache(60)
+    cache = TimedCache(0)  # expired as soon as it is computed
     assert cache.get(lambda: "first") == "first"
-    cache.clear()
-    loading, release = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        loading.set()
-        release.wait(10)
-        return "second"
-
-    refresher = threading.Thread(target=cache.get, args=(slow,))
-    refresher.start()
-    try:
-        assert loading.wait(5)
+    with loading_in_another_thread(cache, "second"):
         assert cache.get(lambda: "never") == "first"
-    finally:
-        release.set()
-        refresher.join(10)
-    assert cache.get(lambda: "never") == "second"
+    assert cache.get(lambda: "third") == "third"  # "second" expired at once too
 
 
-@pytest.mark.django_db
-def test_prices_are_read_while_another_thread_reloads_them():
-    assert price_for(provider="openai", model="gpt-4o-mini")  # loaded once
-    price_table.clear()
-    assert price_table._refreshing.acquire(blocking=False)  # a reload in progress elsewhere
-    try:
-        assert price_for(provider="openai", model="gpt-4o-mini")  # loads its own, no wait
-    finally:
-        price_table._refreshing.release()
+def test_a_load_that_began_before_a_clear_is_not_kept():
+    cache = TimedCache(60)
+    with loading_in_another_thread(cache, "old rows"):
+        cache.clear()  # an admin saved a price meanwhile
+    assert cache.get(lambda: "new rows") == "new rows"
