@@ -170,7 +170,7 @@ class Meter:
     def hold(self, amount: int) -> None:
         """Reserve `amount`, the most this call can cost; raises InsufficientCredits (402).
 
-        The database connection goes back to the pool with the write (`ledger_write`), so the
+        The database connection goes back to the pool with the write (`ledger_run`), so the
         request holds none while the provider works.
         """
         amount = batch_priced(self.caller, amount)

@@ -8,8 +8,7 @@ lock is held while a provider works.
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -45,34 +44,7 @@ T = TypeVar("T")
 # to one pooled connection instead of a pool timeout. Re-entrant: a write may call another.
 _writer = threading.RLock()
 
-_writing = threading.local()  # how deep this thread is in ledger_write
-
-
-@contextmanager
-def ledger_write() -> Iterator[None]:
-    """Run the block as one transaction, the only money write of this process at the time.
-
-    Outside any other transaction, the thread's pooled connection is handed back before it
-    queues for the lock (the thread holding the lock may need it, and would otherwise wait
-    for the pool while its queue waits for it) and again after the write (a request then
-    holds no connection while its provider works, nor a broken one into its next write).
-    """
-    depth = getattr(_writing, "depth", 0)
-    outermost = depth == 0 and not connection.in_atomic_block
-    if outermost:
-        connection.close()
-    try:
-        with _writer:
-            _writing.depth = depth + 1
-            try:
-                with rows.atomic():
-                    yield
-            finally:
-                _writing.depth = depth
-    finally:
-        if outermost:
-            with contextlib.suppress(DatabaseError):
-                connection.close()
+_writing = threading.local()  # `active` while this thread runs a group's writes
 
 
 @dataclass(slots=True)
@@ -90,8 +62,9 @@ _queue_lock = threading.Lock()
 
 
 def ledger_run(work: Callable[[], T]) -> T:
-    """Return `work()`, run as a money write like `ledger_write`, committed together with the
-    writes other threads queued meanwhile (a group commit).
+    """Return `work()`, run as one transaction that is the only money write of this process at
+    the time, committed together with the writes other threads queued meanwhile (a group
+    commit).
 
     Under load most of a write's cost is its commit (SQLite writes every page it changed to its
     log, PostgreSQL flushes its log to disk), and concurrent writes change the same pages (the
@@ -99,16 +72,24 @@ def ledger_run(work: Callable[[], T]) -> T:
     lock runs every queued write in one transaction, each in a savepoint of its own: a write
     that raises (InsufficientCredits, a duplicate request id) is rolled back alone and its
     exception raised in its own thread; if the commit fails, every write of the group raises.
-    The others, queued behind the lock, find theirs done. Alone, a write is one transaction as
-    before, with no savepoint.
+    The others, queued behind the lock, find theirs done. Alone, a write is one transaction,
+    with no savepoint.
+
+    The thread's pooled connection is handed back before it queues for the lock (the thread
+    holding the lock may need it, and would otherwise wait for the pool while its queue waits
+    for it) and again after the write (a request then holds no connection while its provider
+    works, nor a broken one into its next write). Inside a group's write, or inside a caller's
+    own transaction, `work` joins that transaction.
     """
-    if getattr(_writing, "depth", 0) or connection.in_atomic_block:
-        with ledger_write():
+    if getattr(_writing, "active", False):
+        return work()
+    if connection.in_atomic_block:
+        with _writer, rows.atomic():
             return work()
     write = _Write(work)
     with _queue_lock:
         _queued.append(write)
-    connection.close()  # as in ledger_write: never queue for the lock holding a connection
+    connection.close()
     try:
         with _writer:
             if not write.done:
@@ -127,20 +108,18 @@ def ledger_run(work: Callable[[], T]) -> T:
 def _group_commit(group: list[_Write]) -> None:
     """Run the writes in one transaction (savepoints when there are several); mark each done
     with its result or its exception."""
-    _writing.depth = 1
+    _writing.active = True
+    alone = len(group) == 1
     try:
         with rows.atomic():
             for write in group:
                 try:
-                    if len(group) == 1:
+                    with contextlib.nullcontext() if alone else rows.savepoint():
                         write.result = write.work()
-                    else:
-                        with rows.savepoint():
-                            write.result = write.work()
                 except Exception as error:
                     write.error = error
-            if len(group) == 1 and group[0].error is not None:
-                raise group[0].error  # roll back its transaction, as ledger_write would
+                    if alone:
+                        raise  # roll back its transaction
     except BaseException as error:
         # Not committed: nothing of the group was written.
         for write in group:
@@ -150,7 +129,7 @@ def _group_commit(group: list[_Write]) -> None:
         if not isinstance(error, Exception):
             raise
     finally:
-        _writing.depth = 0
+        _writing.active = False
         for write in group:
             write.done = True
 
@@ -335,11 +314,10 @@ def credits_hold_renew(*, request_ids: list[str]) -> int:
     expires_at = timezone.now() + timedelta(seconds=settings.HOLD_TTL_SECONDS)
     renewed = 0
     for start in range(0, len(request_ids), 500):
-        with ledger_write():
-            held = CreditHold.objects.filter(
-                request_id__in=request_ids[start : start + 500], status=HoldStatus.HELD
-            )
-            renewed += held.update(expires_at=expires_at)
+        held = CreditHold.objects.filter(
+            request_id__in=request_ids[start : start + 500], status=HoldStatus.HELD
+        )
+        renewed += ledger_run(lambda held=held: held.update(expires_at=expires_at))
     return renewed
 
 
@@ -357,11 +335,11 @@ def _hold_claim(hold: CreditHold, status: str) -> bool:
 
 
 def _hold_close(hold: CreditHold, status: str) -> bool:
-    """Release a hold's credits without charging anything; False if it was already closed."""
-    with ledger_write():
-        if not _hold_claim(hold, status):
-            return False
-        _unhold(hold)
+    """Release a hold's credits without charging anything; False if it was already closed
+    (call in a money write)."""
+    if not _hold_claim(hold, status):
+        return False
+    _unhold(hold)
     return True
 
 
@@ -486,9 +464,8 @@ def credits_release(*, request_id: str, record: Callable[[], object] | None = No
 
     def release() -> bool:
         hold = _open_hold(request_id)
-        if hold is None or not _hold_claim(hold, HoldStatus.RELEASED):
+        if hold is None or not _hold_close(hold, HoldStatus.RELEASED):
             return False
-        _unhold(hold)
         if record is not None:
             record()
         return True
@@ -502,7 +479,9 @@ def holds_expire(*, now: datetime | None = None) -> int:
     stale = CreditHold.objects.filter(status=HoldStatus.HELD, expires_at__lte=now)
     released = 0
     while batch := list(stale.order_by("expires_at")[:500]):
-        released += sum(_hold_close(hold, HoldStatus.EXPIRED) for hold in batch)
+        released += sum(
+            ledger_run(lambda hold=hold: _hold_close(hold, HoldStatus.EXPIRED)) for hold in batch
+        )
     return released
 
 

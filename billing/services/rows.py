@@ -27,7 +27,7 @@ def run(statement: str, params: list[Any]) -> Any:
     """Run one statement on the driver's connection and return the driver's cursor.
 
     Straight to the driver: Django's cursor wrapper (debug hooks, placeholder conversion)
-    costs more than the statement. The transaction is still Django's (`ledger_write`), and a
+    costs more than the statement. The transaction is still Django's (`ledger_run`), and a
     driver error still becomes Django's (IntegrityError, OperationalError…).
     """
     db = connections[DEFAULT_DB_ALIAS]  # the wrapper itself: each proxy lookup costs a µs
@@ -88,16 +88,16 @@ def savepoint() -> Iterator[None]:
         return
     driver = db.connection
     with db.wrap_database_errors:
-        driver.execute("SAVEPOINT ledger_write")
+        driver.execute("SAVEPOINT money_write")
     try:
         yield
     except BaseException:
         with db.wrap_database_errors:
-            driver.execute("ROLLBACK TO SAVEPOINT ledger_write")
-            driver.execute("RELEASE SAVEPOINT ledger_write")
+            driver.execute("ROLLBACK TO SAVEPOINT money_write")
+            driver.execute("RELEASE SAVEPOINT money_write")
         raise
     with db.wrap_database_errors:
-        driver.execute("RELEASE SAVEPOINT ledger_write")
+        driver.execute("RELEASE SAVEPOINT money_write")
 
 
 def execute(statement: str, params: list[Any]) -> int:
