@@ -12,7 +12,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 
 from batches.models import Batch
 from batches.services import ENDPOINTS
-from llm_api.openapi import INTEGER, STRING, Schema, nullable
+from llm_api.openapi import INTEGER, STRING, Schema, const, nullable
 
 TIMESTAMP = {"type": "integer", "description": "Unix seconds."}
 ID = {"type": "string", "minLength": 1, "maxLength": 64}
@@ -27,7 +27,7 @@ FILE_UPLOAD: Schema = {
             "description": "JSON Lines, one request a line: "
             '`{"custom_id", "method": "POST", "url", "body"}`.',
         },
-        "purpose": {"type": "string", "enum": ["batch"]},
+        "purpose": const("batch"),
     },
 }
 BATCH_CREATE: Schema = {
@@ -36,7 +36,7 @@ BATCH_CREATE: Schema = {
     "properties": {
         "input_file_id": ID,
         "endpoint": {"type": "string", "enum": list(ENDPOINTS)},
-        "completion_window": {"type": "string", "enum": ["24h"]},
+        "completion_window": const("24h"),
         "metadata": nullable(
             {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}}
         ),
@@ -50,7 +50,7 @@ FILE: Schema = {
     "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
     "properties": {
         "id": STRING,
-        "object": {"type": "string", "enum": ["file"]},
+        "object": const("file"),
         "bytes": INTEGER,
         "created_at": TIMESTAMP,
         "filename": STRING,
@@ -64,7 +64,7 @@ FILE_DELETED: Schema = {
     "required": ["id", "object", "deleted"],
     "properties": {
         "id": STRING,
-        "object": {"type": "string", "enum": ["file"]},
+        "object": const("file"),
         "deleted": {"type": "boolean"},
     },
 }
@@ -74,7 +74,7 @@ LINE_ERROR: Schema = {
     "type": "object",
     "required": ["code", "message"],
     "properties": {
-        "object": {"type": "string", "enum": ["error"]},
+        "object": const("error"),
         "code": STRING,
         "message": STRING,
         "param": nullable(STRING),
@@ -95,13 +95,13 @@ BATCH: Schema = {
     ],
     "properties": {
         "id": STRING,
-        "object": {"type": "string", "enum": ["batch"]},
+        "object": const("batch"),
         "endpoint": STRING,
         "errors": nullable(
             {
                 "type": "object",
                 "properties": {
-                    "object": {"type": "string", "enum": ["list"]},
+                    "object": const("list"),
                     "data": {"type": "array", "items": LINE_ERROR},
                 },
             }
@@ -150,7 +150,7 @@ def page(item: Schema) -> Schema:
         "type": "object",
         "required": ["object", "data", "first_id", "last_id", "has_more"],
         "properties": {
-            "object": {"type": "string", "enum": ["list"]},
+            "object": const("list"),
             "data": {"type": "array", "items": item},
             "first_id": nullable(STRING),
             "last_id": nullable(STRING),

@@ -23,6 +23,11 @@ def one_or_many(item: Schema) -> Schema:
     return {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}
 
 
+def const(value: str) -> Schema:
+    """Return the schema of a string that is always `value` (an object's "object" field)."""
+    return {"type": "string", "enum": [value]}
+
+
 STRING = {"type": "string"}
 TEXT = {"type": "string", "minLength": 1}
 INTEGER = {"type": "integer"}
@@ -178,69 +183,65 @@ USAGE = nullable(
     }
 )
 FINISH_REASON = nullable(STRING)
-CHAT_COMPLETION: Schema = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": STRING,
-        "object": {"type": "string", "enum": ["chat.completion"]},
-        "created": INTEGER,
-        "model": STRING,
-        "choices": {
-            "type": "array",
-            "items": {
+
+
+def completion(kind: str, choice: Schema) -> Schema:
+    """Return the schema of a completion answer of `kind` whose choices are `choice`s."""
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": STRING,
+            "object": const(kind),
+            "created": INTEGER,
+            "model": STRING,
+            "choices": {"type": "array", "items": choice},
+            "usage": USAGE,
+        },
+    }
+
+
+CHAT_COMPLETION = completion(
+    "chat.completion",
+    {
+        "type": "object",
+        "required": ["index", "message", "finish_reason"],
+        "properties": {
+            "index": INTEGER,
+            "message": {
                 "type": "object",
-                "required": ["index", "message", "finish_reason"],
+                "required": ["role", "content"],
                 "properties": {
-                    "index": INTEGER,
-                    "message": {
-                        "type": "object",
-                        "required": ["role", "content"],
-                        "properties": {
-                            "role": {"type": "string", "enum": ["assistant"]},
-                            "content": nullable(STRING),
-                            "refusal": nullable(STRING),
-                            "tool_calls": {"type": "array", "items": {"type": "object"}},
-                        },
-                    },
-                    "finish_reason": FINISH_REASON,
+                    "role": const("assistant"),
+                    "content": nullable(STRING),
+                    "refusal": nullable(STRING),
+                    "tool_calls": {"type": "array", "items": {"type": "object"}},
                 },
             },
+            "finish_reason": FINISH_REASON,
         },
-        "usage": USAGE,
     },
-}
-TEXT_COMPLETION: Schema = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": STRING,
-        "object": {"type": "string", "enum": ["text_completion"]},
-        "created": INTEGER,
-        "model": STRING,
-        "choices": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["text", "index", "finish_reason"],
-                "properties": {"text": STRING, "index": INTEGER, "finish_reason": FINISH_REASON},
-            },
-        },
-        "usage": USAGE,
+)
+TEXT_COMPLETION = completion(
+    "text_completion",
+    {
+        "type": "object",
+        "required": ["text", "index", "finish_reason"],
+        "properties": {"text": STRING, "index": INTEGER, "finish_reason": FINISH_REASON},
     },
-}
+)
 EMBEDDINGS: Schema = {
     "type": "object",
     "required": ["object", "data", "model"],
     "properties": {
-        "object": {"type": "string", "enum": ["list"]},
+        "object": const("list"),
         "data": {
             "type": "array",
             "items": {
                 "type": "object",
                 "required": ["object", "index", "embedding"],
                 "properties": {
-                    "object": {"type": "string", "enum": ["embedding"]},
+                    "object": const("embedding"),
                     "index": INTEGER,
                     "embedding": {
                         "oneOf": [
@@ -260,7 +261,7 @@ RESPONSE: Schema = {
     "required": ["id", "object", "created_at", "status", "model", "output"],
     "properties": {
         "id": STRING,
-        "object": {"type": "string", "enum": ["response"]},
+        "object": const("response"),
         "created_at": INTEGER,
         "status": STRING,
         "model": STRING,
@@ -272,7 +273,7 @@ MODELS: Schema = {
     "type": "object",
     "required": ["object", "data"],
     "properties": {
-        "object": {"type": "string", "enum": ["list"]},
+        "object": const("list"),
         "data": {
             "type": "array",
             "items": {
@@ -280,7 +281,7 @@ MODELS: Schema = {
                 "required": ["id", "object"],
                 "properties": {
                     "id": STRING,
-                    "object": {"type": "string", "enum": ["model"]},
+                    "object": const("model"),
                     "created": INTEGER,
                     "owned_by": STRING,
                     "alias_of": STRING,
