@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 from django.urls import resolve
 from django.utils import timezone
 from rest_framework.test import APIRequestFactory, force_authenticate
@@ -24,8 +24,13 @@ from batches.exceptions import (
 )
 from batches.models import Batch, BatchLine, File
 from batches.storage import batch_storage
-from billing.models import ApiKey
+from billing.models import ApiKey, CreditHold
 from billing.selectors import cached_key_of
+from billing.services.credits import credits_release
+from llm_api.exceptions import ModelNotAllowed
+from llm_api.metering import Caller
+from llm_api.pipeline import targets_for
+from project.exceptions import ServiceError
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 OPEN = (Batch.Status.IN_PROGRESS, Batch.Status.CANCELLING)
@@ -163,10 +168,6 @@ def batch_work_enqueue(*, batch_id: str, enqueue) -> None:
 
 def lines_parse(*, batch: Batch, content: bytes) -> tuple[list[BatchLine], list[dict]]:
     """Return the batch's lines, or the errors of its bad lines (1-based line numbers)."""
-    from llm_api.exceptions import ModelNotAllowed
-    from llm_api.metering import Caller
-    from llm_api.pipeline import targets_for
-    from project.exceptions import ServiceError
 
     api_key = ApiKey.objects.filter(pk=batch.api_key_id).first()
     info = cached_key_of(api_key).info if api_key else None
@@ -283,8 +284,6 @@ def line_attempt(*, line: BatchLine) -> int | None:
     already charged (its worker died after settling): the line is then never run again.
 
     An earlier attempt's open hold is released first: it charged nothing."""
-    from billing.models import CreditHold
-    from billing.services.credits import credits_release
 
     earlier = CreditHold.objects.filter(request_id__startswith=f"req_{line.batch_id}_{line.line}.")
     if earlier.filter(status="settled").exists():
@@ -337,8 +336,6 @@ def line_finish(
         )
         if not written:
             return
-        from django.db.models import F
-
         Batch.objects.filter(pk=line.batch_id).update(
             completed=F("completed") + (1 if ok else 0),
             failed=F("failed") + (0 if ok else 1),
@@ -399,8 +396,6 @@ def batch_finalize_if_done(*, batch_id: str) -> None:
             status=BatchLine.Status.DONE,
             error=line_error(code, f"The batch was {code.removeprefix('batch_')} first."),
         )
-        from django.db.models import F
-
         Batch.objects.filter(pk=batch_id).update(failed=F("failed") + count)
     elif (
         batch.status != Batch.Status.IN_PROGRESS

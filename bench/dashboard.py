@@ -24,19 +24,12 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from run import reset_postgres  # bench/run.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = int(os.environ.get("BENCH_RECORDS", "100000"))
 RUNS = 7
-
-
-def _postgres(url: str, statement: str) -> None:
-    import psycopg
-
-    maintenance = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as connection:
-        connection.execute(statement)
 
 
 def setup() -> str | None:
@@ -48,9 +41,7 @@ def setup() -> str | None:
     url = os.environ.get("BENCH_DATABASE_URL")
     os.environ.pop("REDIS_URL", None)
     if url:
-        name = urlsplit(url).path.lstrip("/")
-        _postgres(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        _postgres(url, f'CREATE DATABASE "{name}"')
+        reset_postgres(url)
         os.environ["DATABASE_URL"] = url
     else:
         os.environ["DATABASE_URL"] = f"sqlite:///{data_dir}/bench.sqlite3"
@@ -163,9 +154,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            _postgres(
-                url, f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)'
-            )
+            reset_postgres(url, create=False)
 
 
 if __name__ == "__main__":
