@@ -121,6 +121,13 @@ class FileListCreateApi(BatchesApi):
 
     parser_classes = [MultiPartParser, FormParser]
 
+    @staticmethod
+    def body_limit() -> tuple[int, str]:
+        """A batch input file may be as large as BATCH_FILE_MAX_BYTES, plus its multipart
+        framing (read by RequestSizeLimitMiddleware)."""
+        limit = max(settings.REQUEST_MAX_BYTES, settings.BATCH_FILE_MAX_BYTES + 64 * 1024)
+        return limit, "BATCH_FILE_MAX_BYTES"
+
     @extend_schema(
         operation_id="files_create",
         request={"multipart/form-data": openapi.FILE_UPLOAD},

@@ -11,6 +11,7 @@ from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
 
 from project.exception_handler import json_error
 from project.parsers import request_too_large
@@ -38,6 +39,11 @@ class RequestSizeLimitMiddleware:
     holds: JSON, a form or a multipart upload (which would otherwise reach memory or a temporary
     file in full).
 
+    A route may allow more: its view's `body_limit()` returns its own limit and the setting
+    that sets it (a batch input file may be as large as BATCH_FILE_MAX_BYTES). The route is
+    looked up only for a body over REQUEST_MAX_BYTES or of unknown length, never on the way of
+    an ordinary request.
+
     Django reads a body only up to its Content-Length, so a declared length over the limit is
     refused here, unread. A body without one (`Transfer-Encoding: chunked`) is read here,
     counted, refused once it passes the limit, and otherwise handed on as a body of known
@@ -52,27 +58,33 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        limit = self.limit(request)
         length = request.META.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > limit:
-            return self.too_large(request, f"{int(length):,} bytes")
+        if length and length.isdigit() and int(length) > settings.REQUEST_MAX_BYTES:
+            limit, setting = self.limit(request)
+            if int(length) > limit:
+                return self.too_large(request, f"{int(length):,} bytes", limit, setting)
         if not length and self.chunked(request):
+            limit, setting = self.limit(request)
             body = self.read_counted(request.META["wsgi.input"], limit)
             if body is None:
-                return self.too_large(request, f"over {limit:,} bytes")
+                return self.too_large(request, f"over {limit:,} bytes", limit, setting)
             # The request's own stream, as Django's WSGIRequest builds it, now of known length.
             request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
             request.META["CONTENT_LENGTH"] = str(len(body))
         return self.get_response(request)
 
     @staticmethod
-    def limit(request: HttpRequest) -> int:
-        """Return the most bytes this request's body may have: a batch input file may be as
-        large as BATCH_FILE_MAX_BYTES (plus its multipart framing), any other body
-        REQUEST_MAX_BYTES."""
-        if request.path_info == "/v1/files" and request.method == "POST":
-            return max(settings.REQUEST_MAX_BYTES, settings.BATCH_FILE_MAX_BYTES + 64 * 1024)
-        return settings.REQUEST_MAX_BYTES
+    def limit(request: HttpRequest) -> tuple[int, str]:
+        """Return the most bytes this request's body may have, and the setting that says so:
+        its route's own `body_limit()`, else REQUEST_MAX_BYTES."""
+        try:
+            view = resolve(request.path_info).func
+        except Resolver404:
+            view = None
+        body_limit = getattr(getattr(view, "cls", view), "body_limit", None)
+        if body_limit is None:
+            return settings.REQUEST_MAX_BYTES, "REQUEST_MAX_BYTES"
+        return body_limit()
 
     @staticmethod
     def chunked(request: HttpRequest) -> bool:
@@ -89,11 +101,8 @@ class RequestSizeLimitMiddleware:
                 return None
         return b"".join(pieces)
 
-    def too_large(self, request: HttpRequest, size: str) -> HttpResponse:
-        limit = self.limit(request)
-        setting = (
-            "REQUEST_MAX_BYTES" if limit == settings.REQUEST_MAX_BYTES else "BATCH_FILE_MAX_BYTES"
-        )
+    @staticmethod
+    def too_large(request: HttpRequest, size: str, limit: int, setting: str) -> HttpResponse:
         error = request_too_large(size, limit, setting)
         return json_error(request, error.status_code, error.message, error.code)
 
