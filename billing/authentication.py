@@ -22,7 +22,7 @@ from rest_framework.request import Request
 
 from billing import keys
 from billing.keys import ApiKeyInfo
-from billing.selectors import CachedKey, api_key_cache_key, api_key_lookup
+from billing.selectors import CachedKey, api_key_cache_key, api_key_load
 from billing.services import api_key_touch
 from project.throttling import Limit, address_ident
 
@@ -81,7 +81,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         KEY_FAILURES.check(client, read)
         if digest is None:
             raise _invalid_key(client)
-        entry = read.get(cache_key) or api_key_lookup(digest=digest)
+        entry = read.get(cache_key) or api_key_load(digest=digest)  # cached, else the database
         if entry is None:
             raise _invalid_key(client)
         _check_usable(entry)

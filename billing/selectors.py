@@ -228,19 +228,15 @@ def cached_key_of(api_key: ApiKey) -> CachedKey:
     return CachedKey(info=info, user=api_key.user, revoked_at=api_key.revoked_at)
 
 
-def api_key_lookup(*, digest: str) -> CachedKey | None:
-    """Return the key with this digest from the cache, else from the database (then cached).
+def api_key_load(*, digest: str) -> CachedKey | None:
+    """Return the key with this digest from the database, and cache it.
 
     `cache.add`, not `set`: if a revocation wrote its fresher entry meanwhile, this stale read
     must not overwrite it.
     """
-    cache_key = api_key_cache_key(digest)
-    entry = cache.get(cache_key)
-    if entry is not None:
-        return entry
     api_key = ApiKey.objects.select_related("user").filter(digest=digest).first()
     if api_key is None:
         return None
     entry = cached_key_of(api_key)
-    cache.add(cache_key, entry, settings.API_KEY_CACHE_SECONDS)
+    cache.add(api_key_cache_key(digest), entry, settings.API_KEY_CACHE_SECONDS)
     return entry

@@ -49,7 +49,7 @@ def _check_expiry(expires_at: datetime | None) -> None:
 
 
 def _cache_refresh(api_key: ApiKey) -> None:
-    """Put the key's new state in the cache (set, not delete: see `api_key_lookup`)."""
+    """Put the key's new state in the cache (set, not delete: see `api_key_load`)."""
     cache.set(
         api_key_cache_key(api_key.digest), cached_key_of(api_key), settings.API_KEY_CACHE_SECONDS
     )
