@@ -408,17 +408,22 @@ def batch_finalize_if_done(*, batch_id: str) -> None:
         Batch.Status.EXPIRED: (Batch.Status.EXPIRED, "expired_at"),
     }[batch.status]
     now = timezone.now()
-    if batch.status != Batch.Status.EXPIRED:
-        won = Batch.objects.filter(pk=batch_id, status=batch.status).update(
-            status=end[0], **{end[1]: now}
-        )
-        if not won:
+    # The end status and the files commit together: a client that sees `cancelled` or
+    # `completed` finds the output and error files already there.
+    with transaction.atomic():
+        if batch.status != Batch.Status.EXPIRED:
+            won = Batch.objects.filter(pk=batch_id, status=batch.status).update(
+                status=end[0], **{end[1]: now}
+            )
+            if not won:
+                return
+        elif batch.output_file_id or batch.error_file_id:
             return
-    elif batch.output_file_id or batch.error_file_id:
-        return
-    batch_files_write(batch_id=batch_id)
-    if end[0] == Batch.Status.FINALIZING:
-        Batch.objects.filter(pk=batch_id).update(status=Batch.Status.COMPLETED, completed_at=now)
+        batch_files_write(batch_id=batch_id)
+        if end[0] == Batch.Status.FINALIZING:
+            Batch.objects.filter(pk=batch_id).update(
+                status=Batch.Status.COMPLETED, completed_at=now
+            )
 
 
 def batch_files_write(*, batch_id: str) -> None:
