@@ -36,3 +36,13 @@ class BatchTokensExceeded(ServiceError):
     code = "batch_token_limit_exceeded"
     error_type = "rate_limit_exceeded"
     default_message = "This key has too many tokens enqueued in batches."
+
+
+class KeyBusy(Exception):
+    """The key runs as many batch lines as BATCH_CONCURRENCY_LIMIT allows (never answered:
+    the worker that meets it stops, the key's running workers go on). `retry_after`: seconds
+    until the first of those lines' leases runs out."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.1f} s")
+        self.retry_after = retry_after

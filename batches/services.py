@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Exists, F, Min, OuterRef, Q, Sum
 from django.urls import resolve
 from django.utils import timezone
 from rest_framework.test import APIRequestFactory, force_authenticate
@@ -21,6 +21,7 @@ from batches.exceptions import (
     BatchTokensExceeded,
     InvalidBatch,
     InvalidFile,
+    KeyBusy,
 )
 from batches.models import Batch, BatchLine, File
 from batches.storage import batch_storage
@@ -34,23 +35,21 @@ from project.exceptions import ServiceError
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 OPEN = (Batch.Status.IN_PROGRESS, Batch.Status.CANCELLING)
+ERRORS_MAX = 1000  # a failed batch names at most this many bad lines
+KEY_LOCK_SPACE = 0x62617463  # PostgreSQL advisory locks of the batch concurrency cap ("batc")
 
 
 # --- files --------------------------------------------------------------------------------
 
 
 def file_create(*, user_id: int, filename: str, purpose: str, content: bytes) -> File:
-    """Store an uploaded file of the user; a batch input must be within the size and line caps."""
+    """Store an uploaded file of the user, within the size cap. (The line cap is a batch's: a
+    batch made from a longer file fails, naming the first line over it.)"""
     if purpose not in ("batch", "batch_output"):
         raise InvalidFile("'purpose' must be 'batch'.", param="purpose")
     if len(content) > settings.BATCH_FILE_MAX_BYTES:
         raise InvalidFile(
             f"The file is larger than {settings.BATCH_FILE_MAX_BYTES} bytes.", param="file"
-        )
-    lines = content.count(b"\n") + (0 if content.endswith(b"\n") or not content else 1)
-    if lines > settings.BATCH_FILE_MAX_LINES:
-        raise InvalidFile(
-            f"The file has more than {settings.BATCH_FILE_MAX_LINES} lines.", param="file"
         )
     stored = batch_storage().save(f"{uuid.uuid4().hex}.jsonl", ContentFile(content))
     return File.objects.create(
@@ -105,7 +104,7 @@ def batch_create(
         input_file=input_file,
         expires_at=now + timedelta(seconds=settings.BATCH_COMPLETION_WINDOW_SECONDS),
     )
-    lines, errors = lines_parse(batch=batch, content=file_content(file=input_file))
+    lines, errors = lines_parse(batch=batch, file=input_file)
     if errors:
         Batch.objects.filter(pk=batch.pk).update(
             status=Batch.Status.FAILED,
@@ -166,8 +165,9 @@ def batch_work_enqueue(*, batch_id: str, enqueue) -> None:
         enqueue(batch_id)
 
 
-def lines_parse(*, batch: Batch, content: bytes) -> tuple[list[BatchLine], list[dict]]:
-    """Return the batch's lines, or the errors of its bad lines (1-based line numbers)."""
+def lines_parse(*, batch: Batch, file: File) -> tuple[list[BatchLine], list[dict]]:
+    """Return the batch's lines, or the errors of its bad lines (1-based line numbers; the
+    first ERRORS_MAX of them). The file is read a line at a time."""
 
     api_key = ApiKey.objects.filter(pk=batch.api_key_id).first()
     info = cached_key_of(api_key).info if api_key else None
@@ -175,42 +175,54 @@ def lines_parse(*, batch: Batch, content: bytes) -> tuple[list[BatchLine], list[
     errors: list[dict] = []
     lines: list[BatchLine] = []
     seen: set[str] = set()
-    texts = content.decode("utf-8", "replace").splitlines()
-    if len(texts) > settings.BATCH_FILE_MAX_LINES:
-        error = line_error("too_many_lines", f"More than {settings.BATCH_FILE_MAX_LINES} lines.")
-        return [], [{**error, "line": None}]
-    for number, text in enumerate(texts, start=1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except ValueError:
-            errors.append({**line_error("invalid_json", "The line is not JSON."), "line": number})
-            continue
-        problem = line_problem(row, endpoint=batch.endpoint, seen=seen)
-        if problem is None:
-            try:
-                targets_for(caller, row["body"].get("model"))
-            except ModelNotAllowed as refused:
-                problem = ("model_not_allowed", refused.message)
-            except ServiceError as refused:
-                problem = ("invalid_model", refused.message)
-        if problem is not None:
-            errors.append({**line_error(*problem), "line": number})
-            continue
-        seen.add(row["custom_id"])
-        lines.append(
-            BatchLine(
-                batch=batch,
-                line=number,
-                custom_id=row["custom_id"],
-                body=row["body"],
-                tokens=line_tokens(row["body"]),
-            )
-        )
+    cap = settings.BATCH_FILE_MAX_LINES
+    with batch_storage().open(file.storage_name, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            if number > cap:
+                message = (
+                    f"The input file has more than {cap} lines (BATCH_FILE_MAX_LINES); "
+                    f"split it into batches of at most {cap}."
+                )
+                errors.append({**line_error("too_many_lines", message), "line": number})
+                break
+            problem = line_check(raw, batch=batch, caller=caller, seen=seen)
+            if isinstance(problem, tuple):
+                if len(errors) < ERRORS_MAX:
+                    errors.append({**line_error(*problem), "line": number})
+                continue
+            seen.add(problem["custom_id"])
+            if not errors:
+                lines.append(
+                    BatchLine(
+                        batch=batch,
+                        line=number,
+                        custom_id=problem["custom_id"],
+                        body=problem["body"],
+                        tokens=line_tokens(problem["body"]),
+                    )
+                )
     if not lines and not errors:
         errors.append({**line_error("empty_file", "The input file has no lines."), "line": None})
-    return lines, errors
+    return ([] if errors else lines), errors
+
+
+def line_check(raw: bytes, *, batch: Batch, caller: Caller, seen: set[str]) -> dict | tuple:
+    """Return a line's row when it is good, else (code, message) of what is wrong."""
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        return ("invalid_json", "The line is not JSON.")
+    problem = line_problem(row, endpoint=batch.endpoint, seen=seen)
+    if problem is None:
+        try:
+            targets_for(caller, row["body"].get("model"))
+        except ModelNotAllowed as refused:
+            problem = ("model_not_allowed", refused.message)
+        except ServiceError as refused:
+            problem = ("invalid_model", refused.message)
+    return row if problem is None else problem
 
 
 def line_problem(row: object, *, endpoint: str, seen: set[str]) -> tuple[str, str] | None:
@@ -242,26 +254,32 @@ def line_error(code: str, message: str) -> dict:
 
 def line_claim(*, batch_id: str) -> BatchLine | None:
     """Claim the batch's next line under a lease, or return None: a pending line, or one whose
-    lease ran out (its worker died).
+    lease ran out (its worker died). None also once the batch is cancelled or past its window.
+    Raise KeyBusy when the batch's key already runs BATCH_CONCURRENCY_LIMIT lines.
 
     The claim is a conditional UPDATE on the status and lease read: two workers never both win a
     line, on any database. PostgreSQL also skips rows another worker has locked."""
     while True:
         now = timezone.now()
         with transaction.atomic():
-            # Only while the batch runs, checked in the claim's own transaction (the batch row
-            # locked on PostgreSQL; SQLite's write lock does it): a cancel or an expiry that
-            # commits first leaves nothing to claim, so no line starts once it is cancelled.
-            running = Batch.objects.filter(pk=batch_id, status=Batch.Status.IN_PROGRESS)
-            if transaction.get_connection().vendor == "postgresql":
+            # Only while the batch runs and is within its window, checked in the claim's own
+            # transaction (the batch row locked on PostgreSQL; SQLite's write lock does it): a
+            # cancel that commits first leaves nothing to claim.
+            postgres = transaction.get_connection().vendor == "postgresql"
+            running = Batch.objects.filter(
+                pk=batch_id, status=Batch.Status.IN_PROGRESS, expires_at__gt=now
+            )
+            if postgres:
                 running = running.select_for_update(no_key=True)
-            if running.values_list("pk", flat=True).first() is None:
+            owner = running.values("api_key_id", "user_id").first()
+            if owner is None:
                 return None
+            key_check(owner=owner, now=now, postgres=postgres)
             claimable = BatchLine.objects.filter(batch_id=batch_id).filter(
                 Q(status=BatchLine.Status.PENDING)
                 | Q(status=BatchLine.Status.RUNNING, lease_until__lt=now)
             )
-            if transaction.get_connection().vendor == "postgresql":
+            if postgres:
                 claimable = claimable.select_for_update(skip_locked=True)
             candidate = claimable.order_by("line").values("pk", "status", "lease_until").first()
             if candidate is None:
@@ -272,6 +290,28 @@ def line_claim(*, batch_id: str) -> BatchLine | None:
             ).update(status=BatchLine.Status.RUNNING, lease_until=lease)
         if won:
             return BatchLine.objects.select_related("batch").get(pk=candidate["pk"])
+
+
+def key_check(*, owner: dict, now, postgres: bool) -> None:
+    """Raise KeyBusy when the key (the user, for a batch made without a key) runs
+    BATCH_CONCURRENCY_LIMIT lines of its batches already (lines whose lease ran out do not
+    count: their worker died).
+
+    Called inside the claim's transaction: SQLite's IMMEDIATE transaction serialises the
+    claims; on PostgreSQL a transaction lock on the key does."""
+    if owner["api_key_id"]:
+        lines = BatchLine.objects.filter(batch__api_key_id=owner["api_key_id"])
+        lock = owner["api_key_id"]
+    else:
+        lines = BatchLine.objects.filter(batch__user_id=owner["user_id"], batch__api_key=None)
+        lock = -owner["user_id"]
+    if postgres:
+        with transaction.get_connection().cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [KEY_LOCK_SPACE, lock])
+    busy = lines.filter(status=BatchLine.Status.RUNNING, lease_until__gte=now)
+    if busy.count() >= settings.BATCH_CONCURRENCY_LIMIT:
+        first_end = busy.aggregate(first=Min("lease_until"))["first"] or now
+        raise KeyBusy(retry_after=max(0.5, (first_end - now).total_seconds() + 0.1))
 
 
 def line_request_id(line: BatchLine, attempt: int = 1) -> str:
@@ -345,20 +385,56 @@ def line_finish(
         )
 
 
-def batch_work(*, batch_id: str) -> None:
-    """Run the batch's lines one after another until none is left, then finalise it.
+def batch_work(*, batch_id: str) -> tuple[str, float] | None:
+    """Run the batch's lines one after another until none is left, then finalise it; then go on
+    with the key's next open batch that has lines waiting.
 
-    While another worker's line still runs, wait for it: if that worker died, its lease runs
-    out and this one takes the line over."""
-    while Batch.objects.filter(pk=batch_id, status=Batch.Status.IN_PROGRESS).exists():
-        line = line_claim(batch_id=batch_id)
-        if line is not None:
-            line_run(line=line)
-            continue
-        if not BatchLine.objects.filter(batch_id=batch_id, status=BatchLine.Status.RUNNING):
-            break
-        time.sleep(0.5)
-    batch_finalize_if_done(batch_id=batch_id)
+    While another worker's line of the batch still runs, wait for it: if that worker died, its
+    lease runs out and this one takes the line over. When the key runs as many lines as its
+    batch concurrency cap allows, stop and return (batch id, seconds): the workers running those
+    lines go on with the key's batches when theirs are done, and should they have died, the
+    caller tries again once the first of their leases has run out."""
+    while batch_id is not None:
+        try:
+            while Batch.objects.filter(pk=batch_id, status=Batch.Status.IN_PROGRESS).exists():
+                line = line_claim(batch_id=batch_id)
+                if line is not None:
+                    line_run(line=line)
+                    continue
+                if not BatchLine.objects.filter(
+                    batch_id=batch_id, status=BatchLine.Status.RUNNING
+                ).exists():
+                    break
+                time.sleep(0.5)
+        except KeyBusy as busy:
+            return batch_id, busy.retry_after
+        batch_finalize_if_done(batch_id=batch_id)
+        batch_id = batch_next(batch_id=batch_id)
+    return None
+
+
+def batch_next(*, batch_id: str) -> str | None:
+    """Return the oldest other running batch of the same key (or keyless user) with lines
+    waiting, or None."""
+    batch = Batch.objects.filter(pk=batch_id).values("api_key_id", "user_id").first()
+    if batch is None:
+        return None
+    owner = (
+        {"api_key_id": batch["api_key_id"]}
+        if batch["api_key_id"]
+        else {"user_id": batch["user_id"], "api_key": None}
+    )
+    waiting = BatchLine.objects.filter(batch_id=OuterRef("pk"), status=BatchLine.Status.PENDING)
+    return (
+        Batch.objects.filter(
+            status=Batch.Status.IN_PROGRESS, expires_at__gt=timezone.now(), **owner
+        )
+        .exclude(pk=batch_id)
+        .filter(Exists(waiting))
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def batches_open() -> list[str]:
@@ -383,47 +459,43 @@ def batch_cancel(*, batch: Batch) -> Batch:
 
 
 def batch_finalize_if_done(*, batch_id: str) -> None:
-    """Finalise the batch once no line runs: unrun lines of a cancelled or expired batch get
-    their error; write the output and error files; set the end status. Once."""
-    batch = Batch.objects.get(pk=batch_id)
-    stopping = {Batch.Status.CANCELLING: "batch_cancelled", Batch.Status.EXPIRED: "batch_expired"}
+    """Finalise the batch once no line runs: when it is done, cancelled or past its window,
+    the lines it did not run get their error (`batch_cancelled`, `batch_expired`), the output
+    and error files are written and the end status set, in one transaction. Once."""
+    batch = Batch.objects.filter(pk=batch_id, status__in=OPEN).first()
+    if batch is None:
+        return
+    now = timezone.now()
     lines = BatchLine.objects.filter(batch_id=batch_id)
+    if batch.status == Batch.Status.CANCELLING:
+        end, stamp, code = Batch.Status.CANCELLED, "cancelled_at", "batch_cancelled"
+    elif batch.expires_at <= now:
+        end, stamp, code = Batch.Status.EXPIRED, "expired_at", "batch_expired"
+    elif lines.exclude(status=BatchLine.Status.DONE).exists():
+        return
+    else:
+        end, stamp, code = Batch.Status.COMPLETED, "completed_at", None
     if lines.filter(status=BatchLine.Status.RUNNING).exists():
         return
-    if batch.status in stopping:
-        code = stopping[batch.status]
-        count = lines.filter(status=BatchLine.Status.PENDING).update(
-            status=BatchLine.Status.DONE,
-            error=line_error(code, f"The batch was {code.removeprefix('batch_')} first."),
-        )
-        Batch.objects.filter(pk=batch_id).update(failed=F("failed") + count)
-    elif (
-        batch.status != Batch.Status.IN_PROGRESS
-        or lines.exclude(status=BatchLine.Status.DONE).exists()
-    ):
-        return
-    end = {
-        Batch.Status.IN_PROGRESS: (Batch.Status.FINALIZING, "finalizing_at"),
-        Batch.Status.CANCELLING: (Batch.Status.CANCELLED, "cancelled_at"),
-        Batch.Status.EXPIRED: (Batch.Status.EXPIRED, "expired_at"),
-    }[batch.status]
-    now = timezone.now()
-    # The end status and the files commit together: a client that sees `cancelled` or
-    # `completed` finds the output and error files already there.
+    # The end status and the files commit together: a client that sees `cancelled`, `expired`
+    # or `completed` finds the output and error files already there.
     with transaction.atomic():
-        if batch.status != Batch.Status.EXPIRED:
-            won = Batch.objects.filter(pk=batch_id, status=batch.status).update(
-                status=end[0], **{end[1]: now}
-            )
-            if not won:
-                return
-        elif batch.output_file_id or batch.error_file_id:
+        fields = {"finalizing_at": now} if end == Batch.Status.COMPLETED else {}
+        won = Batch.objects.filter(pk=batch_id, status=batch.status).update(
+            status=end, **{stamp: now}, **fields
+        )
+        if not won:
             return
-        batch_files_write(batch_id=batch_id)
-        if end[0] == Batch.Status.FINALIZING:
-            Batch.objects.filter(pk=batch_id).update(
-                status=Batch.Status.COMPLETED, completed_at=now
+        if lines.filter(status=BatchLine.Status.RUNNING).exists():  # claimed meanwhile
+            transaction.set_rollback(True)
+            return
+        if code is not None:
+            message = f"The batch was {code.removeprefix('batch_')} first."
+            count = lines.filter(status=BatchLine.Status.PENDING).update(
+                status=BatchLine.Status.DONE, error=line_error(code, message)
             )
+            Batch.objects.filter(pk=batch_id).update(failed=F("failed") + count)
+        batch_files_write(batch_id=batch_id)
 
 
 def batch_files_write(*, batch_id: str) -> None:
@@ -466,17 +538,18 @@ def batch_files_write(*, batch_id: str) -> None:
 
 
 def batches_tick() -> list[str]:
-    """The periodic sweep: re-queue lines whose lease ran out, expire batches past their window,
-    finalise what is finished. Return the batches that need workers again."""
+    """The periodic sweep: re-queue lines whose lease ran out, finalise what is finished,
+    cancelled or past its window. Return the batches that need workers again."""
     now = timezone.now()
     stale = BatchLine.objects.filter(status=BatchLine.Status.RUNNING, lease_until__lt=now)
     requeue = set(stale.values_list("batch_id", flat=True))
     stale.update(status=BatchLine.Status.PENDING, lease_until=None)
-    expired = Batch.objects.filter(status=Batch.Status.IN_PROGRESS, expires_at__lt=now)
-    for batch_id in expired.values_list("pk", flat=True):
-        Batch.objects.filter(pk=batch_id).update(status=Batch.Status.EXPIRED)
-    for batch_id in Batch.objects.filter(
-        status__in=[*OPEN, Batch.Status.EXPIRED], output_file=None, error_file=None
-    ).values_list("pk", flat=True):
+    for batch_id in Batch.objects.filter(status__in=OPEN).values_list("pk", flat=True):
         batch_finalize_if_done(batch_id=batch_id)
-    return sorted(requeue)
+    lines = BatchLine.objects.filter(batch_id=OuterRef("pk"))
+    waiting = Batch.objects.filter(status=Batch.Status.IN_PROGRESS).filter(
+        Exists(lines.filter(status=BatchLine.Status.PENDING)),
+        ~Exists(lines.filter(status=BatchLine.Status.RUNNING)),
+    )
+    # Those of a lost worker, and any with lines waiting that no worker runs.
+    return sorted((requeue & set(batches_open())) | set(waiting.values_list("pk", flat=True)))

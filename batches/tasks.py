@@ -11,8 +11,12 @@ from batches import services
 
 @db_task()
 def batch_work(batch_id: str) -> None:
-    """One worker's share of a batch: claim lines until none is left."""
-    services.batch_work(batch_id=batch_id)
+    """One worker's share of a batch: claim lines until none is left. Stopped by the key's
+    batch concurrency cap, it comes back when the first lease that holds the cap runs out, in
+    case the worker that holds it died (a live one has gone on meanwhile)."""
+    capped = services.batch_work(batch_id=batch_id)
+    if capped is not None:
+        batch_work.schedule(args=(capped[0],), delay=capped[1])
 
 
 @db_periodic_task(crontab(minute="*"))

@@ -10,6 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from batches import services
+from batches.exceptions import KeyBusy
 from batches.models import Batch
 from billing.models import LedgerEntry
 from billing.services import api_key_create
@@ -137,13 +138,15 @@ def test_bad_lines_fail_the_batch_naming_them(key_api, alice, settings):
     }
 
 
-def test_a_file_over_the_line_cap_is_refused(key_api, settings):
-    settings.BATCH_FILE_MAX_LINES = 3
-    document = io.BytesIO(b"{}\n" * 4)
-    document.name = "big.jsonl"
-    response = key_api.post("/v1/files", {"file": document, "purpose": "batch"}, format="multipart")
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_file"
+def test_a_file_of_50001_lines_fails_its_batch_naming_the_line_over_the_cap(key_api):
+    rows = [json.dumps(line(f"n{n}")) for n in range(50_001)]
+    file_id = upload(key_api, [], raw="\n".join(rows).encode())  # the upload takes it
+    batch = create(key_api, file_id)
+    assert batch["status"] == "failed"
+    [error] = batch["errors"]["data"]
+    assert (error["line"], error["code"]) == (50_001, "too_many_lines")
+    assert "at most 50000" in error["message"]
+    assert not Batch.objects.get(pk=batch["id"]).lines.exists()
 
 
 def test_cancel_stops_the_remaining_lines_and_charges_only_the_run_ones(
@@ -185,6 +188,50 @@ def test_a_lost_lease_is_run_again_once(key_api, alice, fake_upstream):
     done = key_api.get(f"/v1/batches/{batch['id']}").json()
     assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
     assert len(usage_entries(alice)) == 2
+
+
+def test_a_worker_stops_claiming_once_the_batch_is_past_its_window(key_api, fake_upstream):
+    batch = create(key_api, upload(key_api, [line("w1"), line("w2"), line("w3")]))
+    services.line_run(line=services.line_claim(batch_id=batch["id"]))
+    Batch.objects.filter(pk=batch["id"]).update(expires_at=timezone.now())
+    services.batch_work(batch_id=batch["id"])  # no sweep: the worker itself sees the window
+    expired = key_api.get(f"/v1/batches/{batch['id']}").json()
+    assert expired["status"] == "expired"
+    assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert len(fake_upstream.requests) == 1
+    assert [row["error"]["code"] for row in jsonl(key_api, expired["error_file_id"])] == [
+        "batch_expired",
+        "batch_expired",
+    ]
+
+
+def test_a_key_runs_at_most_its_batch_concurrency_cap_across_its_batches(
+    key_api, alice, settings, fake_upstream
+):
+    settings.BATCH_CONCURRENCY_LIMIT = 1
+    first = create(key_api, upload(key_api, [line("a1"), line("a2")]))
+    second = create(key_api, upload(key_api, [line("b1")]))
+    running = services.line_claim(batch_id=first["id"])  # another worker's line
+    with pytest.raises(KeyBusy):
+        services.line_claim(batch_id=second["id"])
+    # A worker of the second batch meets the cap and leaves the line to the running worker,
+    # to look again when that worker's lease runs out (should it have died).
+    capped = services.batch_work(batch_id=second["id"])
+    assert capped[0] == second["id"]
+    assert 0 < capped[1] <= settings.BATCH_LEASE_SECONDS + 1
+    assert Batch.objects.get(pk=second["id"]).status == "in_progress"
+    assert fake_upstream.requests == []
+    # Another key of the same user has a cap of its own.
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(user=alice, name='b')[1]}")
+    third = create(other, upload(other, [line("c1")]))
+    assert services.line_claim(batch_id=third["id"]) is not None
+    # The running worker finishes its line, then its batch, then goes on with the key's next.
+    services.line_run(line=running)
+    assert services.batch_work(batch_id=first["id"]) is None
+    for batch in (first, second):
+        assert key_api.get(f"/v1/batches/{batch['id']}").json()["status"] == "completed"
+    assert len(usage_entries(alice)) == 3
 
 
 def test_another_users_files_and_batches_are_404(key_api, bob_jwt):

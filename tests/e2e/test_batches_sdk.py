@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -41,12 +42,13 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
-def gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[LiveGateway]:
+def gateway(request, upstream: FakeUpstream, tmp_path: Path) -> Iterator[LiveGateway]:
     env = {
         **upstream.env(timeout=10),
         "SIGNUP_CREDITS": "1000000",
         "BATCH_LEASE_SECONDS": "3",
         "BATCH_WORKERS": "4",
+        **getattr(request, "param", {}),  # a test's own settings (indirect parametrize)
     }
     live = LiveGateway(env, workdir=tmp_path)
     try:
@@ -225,3 +227,84 @@ def test_two_consumers_run_each_line_exactly_once(gateway, upstream):
     sent = sorted(custom_ids(upstream))
     assert sent == sorted(f"hi {n}" for n in range(100))
     assert ledger(gateway, "pair")[0] == 100
+
+
+def most_at_once(calls) -> int:
+    """Return the most of these upstream calls that were in flight at the same moment."""
+    events = sorted([(c.started, 1) for c in calls] + [(c.ended, -1) for c in calls])
+    most = current = 0
+    for _, step in events:  # at the same instant an end (-1) sorts before a start
+        current += step
+        most = max(most, current)
+    return most
+
+
+def content(request) -> str:
+    return request.body["messages"][0]["content"] if request.body else ""
+
+
+@pytest.mark.parametrize(
+    "gateway", [{"BATCH_CONCURRENCY_LIMIT": "2", "DEFAULT_CONCURRENCY_LIMIT": "4"}], indirect=True
+)
+def test_a_batch_concurrency_cap_of_2_holds_across_the_keys_batches_and_spares_live_calls(
+    gateway, upstream
+):
+    upstream.behave(delay=0.3)
+    user = live_user(gateway.url, "capped")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=user.key, max_retries=0)
+    # Four consumer threads and two worker tasks queued per batch: without the key's cap, four
+    # of its lines would run at once.
+    worker = consumer(gateway, "batch worker")
+    try:
+        batches = [create_batch(client, 12), create_batch(client, 12)]
+        wait_for(client, batches[0].id, lambda b: b.request_counts.completed >= 1)
+
+        def live(n: int) -> str:
+            answer = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"live {n}"}]
+            )
+            return answer.choices[0].message.content
+
+        # The key's four live slots are all its own: batch lines take none of them.
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(live, range(4)))
+        done = [wait_for(client, b.id, lambda b: b.status == "completed") for b in batches]
+    finally:
+        stop(worker)
+    assert all(answers)
+    assert [b.request_counts.completed for b in done] == [12, 12]
+    lines = [r for r in upstream.requests if content(r).startswith("hi ")]
+    calls = [r for r in upstream.requests if content(r).startswith("live ")]
+    assert len(lines) == 24 and len(calls) == 4
+    assert most_at_once(lines) == 2
+    # The live calls ran beside the batch's two lines, not after them.
+    assert most_at_once(lines + calls) > 2
+    assert ledger(gateway, "capped")[0] == 28
+
+
+@pytest.mark.parametrize("gateway", [{"BATCH_COMPLETION_WINDOW_SECONDS": "3"}], indirect=True)
+def test_a_batch_past_its_shortened_window_expires_and_charges_only_its_completed_lines(
+    gateway, upstream
+):
+    upstream.behave(delay=0.2)
+    user = live_user(gateway.url, "late")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=user.key)
+    worker = consumer(gateway, "batch worker")
+    try:
+        batch = create_batch(client, 100)
+        done = wait_for(client, batch.id, lambda b: b.status == "expired")
+        seen = len(upstream.requests)
+        time.sleep(1.0)
+        assert len(upstream.requests) == seen  # no line starts after the window
+    finally:
+        stop(worker)
+    counts = done.request_counts
+    assert counts.total == 100 and counts.completed + counts.failed == 100
+    assert 0 < counts.completed < 100
+    assert done.expired_at is not None
+    errors = [json.loads(t) for t in client.files.content(done.error_file_id).text.splitlines()]
+    assert len(errors) == counts.failed
+    assert {row["error"]["code"] for row in errors} == {"batch_expired"}
+    output = client.files.content(done.output_file_id).text.splitlines()
+    assert len(output) == counts.completed
+    assert ledger(gateway, "late")[0] == counts.completed

@@ -212,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_stream(reply)
         except OSError:
             self.close_connection = True
+        finally:
+            request.ended = time.monotonic()
 
     def _record(self) -> RecordedRequest:
         length = int(self.headers.get("Content-Length") or 0)

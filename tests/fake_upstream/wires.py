@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,8 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names
     body: Any  # parsed JSON, or None
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the answer was sent (or failed)
 
 
 @dataclass
