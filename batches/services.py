@@ -134,9 +134,13 @@ def line_tokens(body: dict) -> int:
 
 
 def tokens_check(*, batch: Batch, lines: list[BatchLine]) -> None:
-    """Refuse (429) a batch that would take its key over BATCH_ENQUEUED_TOKENS_LIMIT tokens
-    in lines not yet run (0: no cap); the refused batch is removed."""
+    """Refuse (429) a batch that would take its key over its cap of tokens in lines not yet run
+    (its batch_tokens_limit, else BATCH_ENQUEUED_TOKENS_LIMIT; 0: no cap); the refused batch is
+    removed."""
     limit = settings.BATCH_ENQUEUED_TOKENS_LIMIT
+    if batch.api_key_id:
+        own = ApiKey.objects.filter(pk=batch.api_key_id).values_list("batch_tokens_limit")
+        limit = (own.first() or (None,))[0] or limit
     if not limit:
         return
     owner = (
@@ -293,15 +297,18 @@ def line_claim(*, batch_id: str) -> BatchLine | None:
 
 
 def key_check(*, owner: dict, now, postgres: bool) -> None:
-    """Raise KeyBusy when the key (the user, for a batch made without a key) runs
-    BATCH_CONCURRENCY_LIMIT lines of its batches already (lines whose lease ran out do not
-    count: their worker died).
+    """Raise KeyBusy when the key (the user, for a batch made without a key) runs as many lines
+    of its batches as its cap allows (its batch_concurrency_limit, else BATCH_CONCURRENCY_LIMIT)
+    already. Lines whose lease ran out do not count: their worker died.
 
     Called inside the claim's transaction: SQLite's IMMEDIATE transaction serialises the
     claims; on PostgreSQL a transaction lock on the key does."""
+    cap = settings.BATCH_CONCURRENCY_LIMIT
     if owner["api_key_id"]:
         lines = BatchLine.objects.filter(batch__api_key_id=owner["api_key_id"])
         lock = owner["api_key_id"]
+        own = ApiKey.objects.filter(pk=lock).values_list("batch_concurrency_limit", flat=True)
+        cap = own.first() or cap
     else:
         lines = BatchLine.objects.filter(batch__user_id=owner["user_id"], batch__api_key=None)
         lock = -owner["user_id"]
@@ -309,7 +316,7 @@ def key_check(*, owner: dict, now, postgres: bool) -> None:
         with transaction.get_connection().cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [KEY_LOCK_SPACE, lock])
     busy = lines.filter(status=BatchLine.Status.RUNNING, lease_until__gte=now)
-    if busy.count() >= settings.BATCH_CONCURRENCY_LIMIT:
+    if busy.count() >= cap:
         first_end = busy.aggregate(first=Min("lease_until"))["first"] or now
         raise KeyBusy(retry_after=max(0.5, (first_end - now).total_seconds() + 0.1))
 

@@ -98,6 +98,8 @@ class ApiKeyOutputSerializer(serializers.ModelSerializer):
             "rpm_limit",
             "tpm_limit",
             "concurrency_limit",
+            "batch_concurrency_limit",
+            "batch_tokens_limit",
             "scopes",
         ]
         read_only_fields = fields
@@ -119,6 +121,21 @@ class ApiKeySettingsSerializer(serializers.Serializer):
     )
     concurrency_limit = serializers.IntegerField(
         min_value=1, max_value=MAX_LIMIT, allow_null=True, required=False
+    )
+    batch_concurrency_limit = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_LIMIT,
+        allow_null=True,
+        required=False,
+        help_text="Batch lines this key runs at once; null: BATCH_CONCURRENCY_LIMIT.",
+    )
+    batch_tokens_limit = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_LIMIT,
+        allow_null=True,
+        required=False,
+        help_text="Tokens (estimated) this key may have enqueued in unfinished batches; "
+        "null: BATCH_ENQUEUED_TOKENS_LIMIT.",
     )
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=list(keys.SCOPES)),

@@ -79,6 +79,8 @@ class ApiKeyForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
             "concurrency_limit",
+            "batch_concurrency_limit",
+            "batch_tokens_limit",
             "scopes",
         ]
 

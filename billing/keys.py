@@ -153,6 +153,8 @@ class ApiKeyInfo:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     concurrency_limit: int | None = None
+    batch_concurrency_limit: int | None = None
+    batch_tokens_limit: int | None = None
     expires_at: datetime | None = None
     scopes: tuple[str, ...] = DEFAULT_SCOPES
 

@@ -56,6 +56,20 @@ class ApiKey(models.Model):
     concurrency_limit = models.PositiveIntegerField(
         "concurrent requests", null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    batch_concurrency_limit = models.PositiveIntegerField(
+        "batch lines at once",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Empty: BATCH_CONCURRENCY_LIMIT.",
+    )
+    batch_tokens_limit = models.PositiveIntegerField(
+        "batch tokens enqueued",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Empty: BATCH_ENQUEUED_TOKENS_LIMIT.",
+    )
     scopes = models.JSONField(
         default=default_scopes,
         help_text=f"{SCOPE_MODELS}: call the models and read this key's own usage (every key); "

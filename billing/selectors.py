@@ -222,6 +222,8 @@ def cached_key_of(api_key: ApiKey) -> CachedKey:
         rpm_limit=api_key.rpm_limit,
         tpm_limit=api_key.tpm_limit,
         concurrency_limit=api_key.concurrency_limit,
+        batch_concurrency_limit=api_key.batch_concurrency_limit,
+        batch_tokens_limit=api_key.batch_tokens_limit,
         expires_at=api_key.expires_at,
         scopes=tuple(api_key.scopes),
     )

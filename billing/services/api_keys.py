@@ -36,10 +36,19 @@ EDITABLE_FIELDS = frozenset(
         "rpm_limit",
         "tpm_limit",
         "concurrency_limit",
+        "batch_concurrency_limit",
+        "batch_tokens_limit",
         "scopes",
     }
 )
-LIMIT_FIELDS = ("spend_cap", "rpm_limit", "tpm_limit", "concurrency_limit")
+LIMIT_FIELDS = (
+    "spend_cap",
+    "rpm_limit",
+    "tpm_limit",
+    "concurrency_limit",
+    "batch_concurrency_limit",
+    "batch_tokens_limit",
+)
 LAST_USED_INTERVAL_SECONDS = 60
 
 
@@ -149,6 +158,8 @@ def api_key_create(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     concurrency_limit: int | None = None,
+    batch_concurrency_limit: int | None = None,
+    batch_tokens_limit: int | None = None,
     scopes: list[str] | tuple[str, ...] = keys.DEFAULT_SCOPES,
     acting_key: ApiKeyInfo | None = None,
 ) -> tuple[ApiKey, str]:
@@ -166,6 +177,8 @@ def api_key_create(
         "rpm_limit": rpm_limit,
         "tpm_limit": tpm_limit,
         "concurrency_limit": concurrency_limit,
+        "batch_concurrency_limit": batch_concurrency_limit,
+        "batch_tokens_limit": batch_tokens_limit,
         "scopes": keys.clean_scopes(scopes),
     }
     _check_granted_by(acting_key, granted, to="create API keys")

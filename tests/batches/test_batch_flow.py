@@ -326,3 +326,38 @@ def test_a_batch_file_may_be_larger_than_other_request_bodies(key_api, settings)
     )
     assert chat.status_code == 413
     assert "REQUEST_MAX_BYTES" in chat.json()["error"]["message"]
+
+
+def test_a_keys_own_batch_caps_set_through_the_api_replace_the_settings(
+    key_api, alice, alice_jwt, settings
+):
+    settings.BATCH_ENQUEUED_TOKENS_LIMIT, settings.BATCH_CONCURRENCY_LIMIT = 0, 4
+    key = alice.api_keys.get()
+    response = alice_jwt.patch(
+        f"/api/keys/{key.pk}/",
+        {"batch_concurrency_limit": 1, "batch_tokens_limit": 80},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert (response.json()["batch_concurrency_limit"], response.json()["batch_tokens_limit"]) == (
+        1,
+        80,
+    )
+    first = create(key_api, upload(key_api, [line("k1")]))  # about 45 tokens
+    refused = key_api.post(
+        "/v1/batches",
+        {
+            "input_file_id": upload(key_api, [line("k2")]),
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+        format="json",
+    )
+    assert refused.status_code == 429
+    second = create(key_api, upload(key_api, [line("k3", max_tokens=1)]))
+    assert services.line_claim(batch_id=first["id"]) is not None
+    with pytest.raises(KeyBusy):
+        services.line_claim(batch_id=second["id"])
+    bad = alice_jwt.patch(f"/api/keys/{key.pk}/", {"batch_concurrency_limit": 0}, format="json")
+    assert bad.status_code == 400
+    assert "batch_concurrency_limit" in json.dumps(bad.json())
