@@ -361,3 +361,22 @@ def test_a_keys_own_batch_caps_set_through_the_api_replace_the_settings(
     bad = alice_jwt.patch(f"/api/keys/{key.pk}/", {"batch_concurrency_limit": 0}, format="json")
     assert bad.status_code == 400
     assert "batch_concurrency_limit" in json.dumps(bad.json())
+
+
+def test_the_admin_shows_progress_links_the_files_and_cancels(key_api, admin_client):
+    batch = create(key_api, upload(key_api, [line("m1"), line("m2"), line("m3")]))
+    services.line_run(line=services.line_claim(batch_id=batch["id"]))
+    listing = admin_client.get("/admin/batches/batch/").content.decode()
+    assert batch["id"] in listing and "1/3 (0 failed)" in listing
+    page = admin_client.get(f"/admin/batches/batch/{batch['id']}/change/").content.decode()
+    assert f"/admin/batches/file/{batch['input_file_id']}/change/" in page
+    response = admin_client.post(
+        "/admin/batches/batch/", {"action": "cancel", "_selected_action": [batch["id"]]}
+    )
+    assert response.status_code == 302
+    cancelled = key_api.get(f"/v1/batches/{batch['id']}").json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    page = admin_client.get(f"/admin/batches/batch/{batch['id']}/change/").content.decode()
+    for file_id in (cancelled["output_file_id"], cancelled["error_file_id"]):
+        assert f"/admin/batches/file/{file_id}/change/" in page
