@@ -9,7 +9,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -52,13 +52,15 @@ class _Write:
     """One thread's money write waiting for the group commit, and how it ended."""
 
     work: Callable[[], Any]
-    done: bool = False
     result: Any = None
     error: BaseException | None = None
+    lead: bool = False  # its thread is to commit the next group
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 _queued: list[_Write] = []
 _queue_lock = threading.Lock()
+_leading = False  # a thread commits a group, or has been woken to
 
 
 def ledger_run(work: Callable[[], T]) -> T:
@@ -68,19 +70,24 @@ def ledger_run(work: Callable[[], T]) -> T:
 
     Under load most of a write's cost is its commit (SQLite writes every page it changed to its
     log, PostgreSQL flushes its log to disk), and concurrent writes change the same pages (the
-    account, the key, the ends of the tables and their indexes). So the thread that gets the
-    lock runs every queued write in one transaction, each in a savepoint of its own: a write
+    account, the key, the ends of the tables and their indexes). So one thread at a time, the
+    leader, runs every queued write in one transaction, each in a savepoint of its own: a write
     that raises (InsufficientCredits, a duplicate request id) is rolled back alone and its
     exception raised in its own thread; if the commit fails, every write of the group raises.
-    The others, queued behind the lock, find theirs done. Alone, a write is one transaction,
-    with no savepoint.
+    Alone, a write is one transaction, with no savepoint.
 
-    The thread's pooled connection is handed back before it queues for the lock (the thread
-    holding the lock may need it, and would otherwise wait for the pool while its queue waits
-    for it) and again after the write (a request then holds no connection while its provider
-    works, nor a broken one into its next write). Inside a group's write, or inside a caller's
-    own transaction, `work` joins that transaction.
+    The others wait on their own event, which the leader sets when their write is committed,
+    so they all go on at once; then the leader wakes the first write queued meanwhile to lead
+    the next group. (Waiting on the lock itself instead made a convoy: each finished writer
+    took the lock and gave it back in turn, every hand-over waiting for the interpreter lock.)
+
+    The thread's pooled connection is handed back before it queues (the leader may need it, and
+    would otherwise wait for the pool while its queue waits for it) and again after the write (a
+    request then holds no connection while its provider works, nor a broken one into its next
+    write). Inside a group's write, or inside a caller's own transaction, `work` joins that
+    transaction.
     """
+    global _leading
     if getattr(_writing, "active", False):
         return work()
     if connection.in_atomic_block:
@@ -89,14 +96,14 @@ def ledger_run(work: Callable[[], T]) -> T:
     write = _Write(work)
     with _queue_lock:
         _queued.append(write)
+        if not _leading:
+            _leading = write.lead = True
     connection.close()
     try:
-        with _writer:
-            if not write.done:
-                with _queue_lock:
-                    group = _queued[:]
-                    _queued.clear()
-                _group_commit(group)
+        if not write.lead:
+            write.wake.wait()
+        if write.lead:
+            _lead()
     finally:
         with contextlib.suppress(DatabaseError):
             connection.close()
@@ -105,9 +112,28 @@ def ledger_run(work: Callable[[], T]) -> T:
     return write.result
 
 
+def _lead() -> None:
+    """Commit what is queued (the leader's own write among it), then hand the lead to the
+    first write queued meanwhile, or give it up."""
+    global _leading
+    try:
+        with _queue_lock:
+            group = _queued[:]
+            _queued.clear()
+        with _writer:
+            _group_commit(group)
+    finally:
+        with _queue_lock:
+            if _queued:
+                _queued[0].lead = True
+                _queued[0].wake.set()
+            else:
+                _leading = False
+
+
 def _group_commit(group: list[_Write]) -> None:
-    """Run the writes in one transaction (savepoints when there are several); mark each done
-    with its result or its exception."""
+    """Run the writes in one transaction (savepoints when there are several); give each its
+    result or its exception, and wake its thread."""
     _writing.active = True
     alone = len(group) == 1
     try:
@@ -131,7 +157,7 @@ def _group_commit(group: list[_Write]) -> None:
     finally:
         _writing.active = False
         for write in group:
-            write.done = True
+            write.wake.set()
 
 
 def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
