@@ -1,33 +1,39 @@
-"""Django's Redis cache, with one client per connection pool instead of one per operation.
+"""Django's Redis cache, with one client and one connection pool per process instead of one
+client per operation and one pool per thread.
 
 Django builds a new `redis.Redis` for every cache call (`RedisCacheClient.get_client`), and
 building one fills its table of some five hundred response callbacks: about a tenth of a
 millisecond each time, several times per request (the key lookup, the throttles, the limits).
-A client holds no connection of its own (it borrows one from the pool per command) and is safe
-to share between threads, so one per pool is kept.
+And `django.core.cache.caches` is one backend object per thread, each with pools of its own:
+under the server's thousand threads that made a thousand pools, and a new connection (with a
+look-up of redis-py's installed version) whenever a request landed on a thread that had none
+yet. A client holds no connection of its own (it borrows one from the pool per command) and,
+like the pool, is safe to share between threads: one of each per server and options is kept
+for the whole process.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.core.cache.backends import redis
 
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
 
 class SharedClientRedisCacheClient(redis.RedisCacheClient):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clients: dict[int, Any] = {}
-
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         index = self._get_connection_pool_index(write)
-        client = self._clients.get(index)
+        shared = (self._servers[index], repr(sorted(self._pool_options.items())))
+        client = _clients.get(shared)
         if client is None:
-            if index not in self._pools:
-                self._pools[index] = self._pool_class.from_url(
-                    self._servers[index], **self._pool_options
-                )
-            client = self._clients[index] = self._client(connection_pool=self._pools[index])
+            with _clients_lock:
+                client = _clients.get(shared)
+                if client is None:
+                    pool = self._pool_class.from_url(self._servers[index], **self._pool_options)
+                    client = _clients[shared] = self._client(connection_pool=pool)
         return client
 
 
