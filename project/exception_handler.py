@@ -20,6 +20,7 @@ from django.core.exceptions import (
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, JsonResponse
+from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -128,6 +129,16 @@ def to_api_error(exc: Exception) -> ApiError | None:
             503,
             "The gateway's database is unavailable; try again shortly.",
             "database_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, RedisError):
+        # The shared cache (the key lookups, the throttles) failed: down, or every connection
+        # of the pool busy past its wait. Nothing the client did either.
+        logger.warning("Cache unavailable: %s", exc)
+        return ApiError(
+            503,
+            "The gateway's cache is unavailable; try again shortly.",
+            "cache_unavailable",
             headers={"Retry-After": "1"},
         )
     if isinstance(exc, RequestDataTooBig):

@@ -156,7 +156,16 @@ if REDIS_URL:
         "default": {
             "BACKEND": "project.cache.RedisCache",  # Django's, with its Redis clients shared
             "LOCATION": REDIS_URL,
-            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+            "OPTIONS": {
+                "socket_connect_timeout": 2,
+                "socket_timeout": 2,
+                # One pool for the whole process (project/cache.py): past this many connections
+                # in use, a thread waits up to `timeout` seconds for one (redis-py's plain pool
+                # would raise at once, past 100).
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": config("REDIS_MAX_CONNECTIONS", default=200, cast=int),
+                "timeout": 2,
+            },
             "KEY_PREFIX": config("CACHE_KEY_PREFIX", default="llm"),
         }
     }
