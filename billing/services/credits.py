@@ -9,7 +9,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -55,7 +55,7 @@ class _Write:
     result: Any = None
     error: BaseException | None = None
     lead: bool = False  # its thread is to commit the next group
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event | None = None  # a follower's: set when it is done, or is to lead
 
 
 _queued: list[_Write] = []
@@ -96,11 +96,13 @@ def ledger_run(work: Callable[[], T]) -> T:
     write = _Write(work)
     with _queue_lock:
         _queued.append(write)
-        if not _leading:
+        if _leading:
+            write.wake = threading.Event()
+        else:
             _leading = write.lead = True
     connection.close()
     try:
-        if not write.lead:
+        if write.wake is not None:
             write.wake.wait()
         if write.lead:
             _lead()
@@ -126,7 +128,7 @@ def _lead() -> None:
         with _queue_lock:
             if _queued:
                 _queued[0].lead = True
-                _queued[0].wake.set()
+                _queued[0].wake.set()  # queued while a leader led: a follower
             else:
                 _leading = False
 
@@ -157,7 +159,8 @@ def _group_commit(group: list[_Write]) -> None:
     finally:
         _writing.active = False
         for write in group:
-            write.wake.set()
+            if write.wake is not None:
+                write.wake.set()
 
 
 def _require_int(value: object, name: str, *, minimum: int = 0) -> int:
