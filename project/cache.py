@@ -10,6 +10,10 @@ look-up of redis-py's installed version) whenever a request landed on a thread t
 yet. A client holds no connection of its own (it borrows one from the pool per command) and,
 like the pool, is safe to share between threads: one of each per server and options is kept
 for the whole process.
+
+Each new connection would also look up redis-py's installed version on disk (for CLIENT SETINFO),
+some milliseconds of CPU: a thousand streams opening their connections at once spent seconds on
+it. The version is looked up once.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import threading
 from typing import Any
 
 from django.core.cache.backends import redis
+from redis.driver_info import DriverInfo
 
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
+_driver_info: DriverInfo | None = None
 
 
 class SharedClientRedisCacheClient(redis.RedisCacheClient):
@@ -32,7 +38,10 @@ class SharedClientRedisCacheClient(redis.RedisCacheClient):
             with _clients_lock:
                 client = _clients.get(shared)
                 if client is None:
-                    pool = self._pool_class.from_url(self._servers[index], **self._pool_options)
+                    global _driver_info
+                    _driver_info = _driver_info or DriverInfo()  # looks the version up
+                    options = {"driver_info": _driver_info, **self._pool_options}
+                    pool = self._pool_class.from_url(self._servers[index], **options)
                     client = _clients[shared] = self._client(connection_pool=pool)
         return client
 
