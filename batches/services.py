@@ -476,12 +476,12 @@ def batch_finalize_if_done(*, batch_id: str) -> None:
     lines = BatchLine.objects.filter(batch_id=batch_id)
     if batch.status == Batch.Status.CANCELLING:
         end, stamp, code = Batch.Status.CANCELLED, "cancelled_at", "batch_cancelled"
+    elif not lines.exclude(status=BatchLine.Status.DONE).exists():
+        end, stamp, code = Batch.Status.COMPLETED, "completed_at", None  # even if late
     elif batch.expires_at <= now:
         end, stamp, code = Batch.Status.EXPIRED, "expired_at", "batch_expired"
-    elif lines.exclude(status=BatchLine.Status.DONE).exists():
-        return
     else:
-        end, stamp, code = Batch.Status.COMPLETED, "completed_at", None
+        return
     if lines.filter(status=BatchLine.Status.RUNNING).exists():
         return
     # The end status and the files commit together: a client that sees `cancelled`, `expired`

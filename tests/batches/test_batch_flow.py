@@ -205,6 +205,18 @@ def test_a_worker_stops_claiming_once_the_batch_is_past_its_window(key_api, fake
     ]
 
 
+def test_a_batch_whose_every_line_ran_completes_though_finalised_past_its_window(
+    key_api, fake_upstream
+):
+    batch = create(key_api, upload(key_api, [line("f1")]))
+    services.line_run(line=services.line_claim(batch_id=batch["id"]))
+    Batch.objects.filter(pk=batch["id"]).update(expires_at=timezone.now())
+    services.batches_tick()
+    done = key_api.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+
+
 def test_a_key_runs_at_most_its_batch_concurrency_cap_across_its_batches(
     key_api, alice, settings, fake_upstream
 ):
