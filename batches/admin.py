@@ -1,6 +1,7 @@
 """Batches in the admin: their progress, links to their files, and a cancel action."""
 
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -18,7 +19,7 @@ class FileAdmin(admin.ModelAdmin):
 def file_link(file: File | None) -> str:
     if file is None:
         return "-"
-    url = reverse("admin:batches_file_change", args=[file.pk])
+    url = reverse("admin:batches_file_change", args=[quote(file.pk)])  # as the admin's own
     return format_html('<a href="{}">{}</a>', url, file.pk)
 
 

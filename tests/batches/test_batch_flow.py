@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -375,13 +376,19 @@ def test_a_keys_own_batch_caps_set_through_the_api_replace_the_settings(
     assert "batch_concurrency_limit" in json.dumps(bad.json())
 
 
-def test_the_admin_shows_progress_links_the_files_and_cancels(key_api, admin_client):
+def test_the_admin_shows_progress_links_the_files_and_cancels(key_api, admin_client, monkeypatch):
+    # An id the admin must quote in its URLs: "_22" unquoted would be a double quote.
+    ids = iter(f"batch_22{n:030x}" for n in range(100))
+    monkeypatch.setattr(Batch._meta.get_field("id"), "default", lambda: next(ids))
     batch = create(key_api, upload(key_api, [line("m1"), line("m2"), line("m3")]))
     services.line_run(line=services.line_claim(batch_id=batch["id"]))
     listing = admin_client.get("/admin/batches/batch/").content.decode()
     assert batch["id"] in listing and "1/3 (0 failed)" in listing
-    page = admin_client.get(f"/admin/batches/batch/{batch['id']}/change/").content.decode()
-    assert f"/admin/batches/file/{batch['input_file_id']}/change/" in page
+    # The admin's own URLs quote a primary key ("_" is "_5F"): batch_22… unquoted is batch"….
+    change = f"/admin/batches/batch/{quote(batch['id'])}/change/"
+    assert change in listing
+    page = admin_client.get(change).content.decode()
+    assert f"/admin/batches/file/{quote(batch['input_file_id'])}/change/" in page
     response = admin_client.post(
         "/admin/batches/batch/", {"action": "cancel", "_selected_action": [batch["id"]]}
     )
@@ -389,6 +396,6 @@ def test_the_admin_shows_progress_links_the_files_and_cancels(key_api, admin_cli
     cancelled = key_api.get(f"/v1/batches/{batch['id']}").json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
-    page = admin_client.get(f"/admin/batches/batch/{batch['id']}/change/").content.decode()
+    page = admin_client.get(change).content.decode()
     for file_id in (cancelled["output_file_id"], cancelled["error_file_id"]):
-        assert f"/admin/batches/file/{file_id}/change/" in page
+        assert f"/admin/batches/file/{quote(file_id)}/change/" in page
