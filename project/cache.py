@@ -30,19 +30,28 @@ _driver_info: DriverInfo | None = None
 
 
 class SharedClientRedisCacheClient(redis.RedisCacheClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mine: dict[int, Any] = {}  # this object's clients, by pool index: no lookup after
+
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         index = self._get_connection_pool_index(write)
-        shared = (self._servers[index], repr(sorted(self._pool_options.items())))
-        client = _clients.get(shared)
+        client = self._mine.get(index)
         if client is None:
-            with _clients_lock:
-                client = _clients.get(shared)
-                if client is None:
-                    global _driver_info
-                    _driver_info = _driver_info or DriverInfo()  # looks the version up
-                    options = {"driver_info": _driver_info, **self._pool_options}
-                    pool = self._pool_class.from_url(self._servers[index], **options)
-                    client = _clients[shared] = self._client(connection_pool=pool)
+            client = self._mine[index] = self._shared(index)
+        return client
+
+    def _shared(self, index: int) -> Any:
+        """Return the process's client for this server and these options, made once."""
+        shared = (self._servers[index], repr(sorted(self._pool_options.items())))
+        with _clients_lock:
+            client = _clients.get(shared)
+            if client is None:
+                global _driver_info
+                _driver_info = _driver_info or DriverInfo()  # looks the version up
+                options = {"driver_info": _driver_info, **self._pool_options}
+                pool = self._pool_class.from_url(self._servers[index], **options)
+                client = _clients[shared] = self._client(connection_pool=pool)
         return client
 
 
