@@ -121,24 +121,15 @@ def to_api_error(exc: Exception) -> ApiError | None:
             headers=exc.headers,
             error_type=exc.error_type,
         )
-    if isinstance(exc, DatabaseError):
-        # The gateway's own database failed (down, restarting, its pool exhausted): nothing
-        # the client did, and worth trying again shortly.
-        logger.warning("Database unavailable: %s", exc)
+    if isinstance(exc, DatabaseError | RedisError):
+        # The gateway's own database or shared cache failed (down, restarting, its pool busy
+        # past its wait): nothing the client did, and worth trying again shortly.
+        part = "database" if isinstance(exc, DatabaseError) else "cache"
+        logger.warning("The %s is unavailable: %s", part, exc)
         return ApiError(
             503,
-            "The gateway's database is unavailable; try again shortly.",
-            "database_unavailable",
-            headers={"Retry-After": "1"},
-        )
-    if isinstance(exc, RedisError):
-        # The shared cache (the key lookups, the throttles) failed: down, or every connection
-        # of the pool busy past its wait. Nothing the client did either.
-        logger.warning("Cache unavailable: %s", exc)
-        return ApiError(
-            503,
-            "The gateway's cache is unavailable; try again shortly.",
-            "cache_unavailable",
+            f"The gateway's {part} is unavailable; try again shortly.",
+            f"{part}_unavailable",
             headers={"Retry-After": "1"},
         )
     if isinstance(exc, RequestDataTooBig):
