@@ -27,20 +27,6 @@ from billing.models import ApiKey, is_pattern
 from billing.money import format_credits
 from billing.selectors import api_key_cache_key, cached_key_of
 
-EDITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "expires_at",
-        "allowed_models",
-        "spend_cap",
-        "rpm_limit",
-        "tpm_limit",
-        "concurrency_limit",
-        "batch_concurrency_limit",
-        "batch_tokens_limit",
-        "scopes",
-    }
-)
 LIMIT_FIELDS = (
     "spend_cap",
     "rpm_limit",
@@ -49,6 +35,7 @@ LIMIT_FIELDS = (
     "batch_concurrency_limit",
     "batch_tokens_limit",
 )
+EDITABLE_FIELDS = frozenset({"name", "expires_at", "allowed_models", "scopes", *LIMIT_FIELDS})
 LAST_USED_INTERVAL_SECONDS = 60
 
 
