@@ -137,10 +137,7 @@ def tokens_check(*, batch: Batch, lines: list[BatchLine]) -> None:
     """Refuse (429) a batch that would take its key over its cap of tokens in lines not yet run
     (its batch_tokens_limit, else BATCH_ENQUEUED_TOKENS_LIMIT; 0: no cap); the refused batch is
     removed."""
-    limit = settings.BATCH_ENQUEUED_TOKENS_LIMIT
-    if batch.api_key_id:
-        own = ApiKey.objects.filter(pk=batch.api_key_id).values_list("batch_tokens_limit")
-        limit = (own.first() or (None,))[0] or limit
+    limit = key_cap(batch.api_key_id, "batch_tokens_limit", settings.BATCH_ENQUEUED_TOKENS_LIMIT)
     if not limit:
         return
     owner = (
@@ -296,6 +293,14 @@ def line_claim(*, batch_id: str) -> BatchLine | None:
             return BatchLine.objects.select_related("batch").get(pk=candidate["pk"])
 
 
+def key_cap(api_key_id: int | None, field: str, default: int) -> int:
+    """Return the key's own batch cap (`field`), or `default` when it has none (or no key)."""
+    if api_key_id is None:
+        return default
+    own = ApiKey.objects.filter(pk=api_key_id).values_list(field, flat=True).first()
+    return own or default
+
+
 def key_check(*, owner: dict, now, postgres: bool) -> None:
     """Raise KeyBusy when the key (the user, for a batch made without a key) runs as many lines
     of its batches as its cap allows (its batch_concurrency_limit, else BATCH_CONCURRENCY_LIMIT)
@@ -307,8 +312,7 @@ def key_check(*, owner: dict, now, postgres: bool) -> None:
     if owner["api_key_id"]:
         lines = BatchLine.objects.filter(batch__api_key_id=owner["api_key_id"])
         lock = owner["api_key_id"]
-        own = ApiKey.objects.filter(pk=lock).values_list("batch_concurrency_limit", flat=True)
-        cap = own.first() or cap
+        cap = key_cap(lock, "batch_concurrency_limit", cap)
     else:
         lines = BatchLine.objects.filter(batch__user_id=owner["user_id"], batch__api_key=None)
         lock = -owner["user_id"]
