@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,16 +106,17 @@ def admission_take(limits: list[Limit], *, tokens: int) -> Admission:
     gateway and the upstreams, they must not take the gateway down with Redis.
     """
     counters = [limit.counter(tokens) for limit in limits]
-    call_id = uuid.uuid4().hex
+    call_id = os.urandom(16).hex()
     try:
         counting = store_in_use()
         outcome = counting.admit(call_id, counters)
     except Exception:
         logger.warning("Rate limits unavailable; not limiting.", exc_info=True)
         return Admission()
+    counts = [outcome.counts[counter] for counter in counters]
     if not outcome.admitted:
-        raise refusal(limits, outcome, tokens=tokens)
-    headers = rate_headers(limits, outcome, tokens=tokens)
+        raise refusal(limits, counts, tokens=tokens)
+    headers = rate_headers(limits, counts)
     return Admission(headers=headers, store=counting, call_id=call_id, counters=counters)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from llm_api.limits.store import Count, Counter, Kind, Outcome
+from llm_api.limits.store import Count, Counter, Kind
 from llm_api.metering import Caller
 from project.exceptions import ServiceError
 
@@ -114,15 +114,13 @@ def limits_for(caller: Caller) -> list[Limit]:
 # --- refusals ---------------------------------------------------------------------------------
 
 
-def refusal(limits: list[Limit], outcome: Outcome, *, tokens: int) -> RateLimited:
-    """Return the 429 of a refused call: the limit that keeps it out longest, and when to retry."""
-    refused = [
-        (limit, count)
-        for limit, count in zip(limits, _counts(limits, outcome, tokens), strict=True)
-        if not count.fits
-    ]
+def refusal(limits: list[Limit], counts: list[Count], *, tokens: int) -> RateLimited:
+    """Return the 429 of a refused call (`counts`: each limit's count, in order): the limit that
+    keeps it out longest, and when to retry."""
+    paired = zip(limits, counts, strict=True)
+    refused = [(limit, count) for limit, count in paired if not count.fits]
     limit, count = max(refused, key=lambda item: _wait_rank(item[1]))
-    headers = rate_headers(limits, outcome, tokens=tokens)
+    headers = rate_headers(limits, counts)
     if count.wait_ms < 0:
         return OverTheLimit(
             f"This request counts {tokens:,} tokens (its prompt, at most one token per byte, "
@@ -150,27 +148,24 @@ def _wait_rank(count: Count) -> float:
     return math.inf if count.wait_ms < 0 else count.wait_ms
 
 
-def _counts(limits: list[Limit], outcome: Outcome, tokens: int) -> list[Count]:
-    return [outcome.counts[limit.counter(tokens)] for limit in limits]
-
-
 # --- headers ----------------------------------------------------------------------------------
 
 
-def rate_headers(limits: list[Limit], outcome: Outcome, *, tokens: int) -> dict[str, str]:
+def rate_headers(limits: list[Limit], counts: list[Count]) -> dict[str, str]:
     """Return OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (and ours for
-    requests in flight) for the limit of each kind nearest to running out."""
+    requests in flight) for the limit of each kind nearest to running out (`counts`: each
+    limit's count, in order)."""
+    nearest: dict[Kind, tuple[int, int, Count]] = {}
+    for limit, count in zip(limits, counts, strict=True):
+        mine = (limit.value - count.used, limit.value, count)
+        best = nearest.get(limit.kind)
+        if best is None or mine[:2] < best[:2]:
+            nearest[limit.kind] = mine
     headers: dict[str, str] = {}
-    counts = _counts(limits, outcome, tokens)
     for kind, suffix in HEADER_NAMES.items():
-        mine = [
-            (limit.value - count.used, limit.value, count)
-            for limit, count in zip(limits, counts, strict=True)
-            if limit.kind is kind
-        ]
-        if not mine:
+        if kind not in nearest:
             continue
-        remaining, value, count = min(mine, key=lambda item: item[:2])
+        remaining, value, count = nearest[kind]
         headers[f"x-ratelimit-limit-{suffix}"] = str(value)
         headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, remaining))
         if kind is not Kind.IN_FLIGHT:

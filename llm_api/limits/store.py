@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
@@ -47,9 +48,10 @@ class Kind(StrEnum):
     IN_FLIGHT = "in_flight"
 
 
-@dataclass(frozen=True, slots=True)
-class Counter:
-    """One counter a call is counted in: its name, its limit, and what this call adds."""
+class Counter(NamedTuple):
+    """One counter a call is counted in: its name, its limit, and what this call adds. (A
+    named tuple: a call makes several and looks each up, so they must be cheap to make and
+    to hash.)"""
 
     name: str  # e.g. "requests:key:12"; unique per counted thing
     kind: Kind
@@ -61,8 +63,7 @@ class Counter:
         return self.kind is not Kind.IN_FLIGHT
 
 
-@dataclass(frozen=True, slots=True)
-class Count:
+class Count(NamedTuple):
     """A counter as `admit` found it."""
 
     used: int  # with this call when it was admitted, without it when it was refused
@@ -90,11 +91,41 @@ class Store(Protocol):
 
 
 class _Window:
-    __slots__ = ("entries", "total")
+    """One counter's last minute: its entries oldest first, each `[ms, amount, call id]` (a
+    deque, so the oldest leave in constant time), found by call id for a correction."""
+
+    __slots__ = ("by_call", "log", "total")
 
     def __init__(self) -> None:
-        self.entries: dict[str, list[int]] = {}  # call id -> [ms, amount], oldest first
+        self.log: deque[list[Any]] = deque()
+        self.by_call: dict[str, list[Any]] = {}
         self.total = 0
+
+    def expire(self, now: int) -> None:
+        log, cutoff = self.log, now - WINDOW_MS
+        while log and log[0][0] <= cutoff:
+            _, amount, call_id = log.popleft()
+            del self.by_call[call_id]
+            self.total -= amount
+
+    def add(self, call_id: str, amount: int, now: int) -> None:
+        entry = [now, amount, call_id]
+        self.log.append(entry)
+        self.by_call[call_id] = entry
+        self.total += amount
+
+    def wait_ms(self, excess: int, now: int) -> int:
+        """Return how long until `excess` has left the window."""
+        freed = 0
+        for at, amount, _ in self.log:
+            freed += amount
+            if freed >= excess:
+                return at + WINDOW_MS - now
+        return WINDOW_MS  # not reached: total = the sum of the amounts
+
+    def reset_ms(self, now: int) -> int:
+        """Return how long until the oldest entry leaves (0: empty)."""
+        return self.log[0][0] + WINDOW_MS - now if self.log else 0
 
 
 class LocalStore:
@@ -110,12 +141,21 @@ class LocalStore:
     def admit(self, call_id: str, counters: Sequence[Counter]) -> Outcome:
         with self._lock:
             now = self._clock()
-            counts = {counter: self._count(counter, now) for counter in counters}
-            admitted = all(count.fits for count in counts.values())
-            if admitted:
-                for counter in counters:
-                    self._add(counter, call_id, now)
-            return Outcome(admitted, {c: self._count(c, now, counts[c]) for c in counters})
+            fits = [self._fits(counter, now) for counter in counters]
+            admitted = all(wait == 0 for wait in fits)
+            counts = {}
+            for counter, wait in zip(counters, fits, strict=True):
+                if counter.kind is Kind.IN_FLIGHT:
+                    places = self._places.setdefault(counter.name, set())
+                    if admitted:
+                        places.add(call_id)
+                    counts[counter] = Count(len(places), wait == 0)
+                    continue
+                window = self._windows[counter.name]
+                if admitted:
+                    window.add(call_id, counter.amount, now)
+                counts[counter] = Count(window.total, wait == 0, wait, window.reset_ms(now))
+            return Outcome(admitted, counts)
 
     def release(self, call_id: str, counters: Sequence[Counter], tokens: int | None) -> None:
         with self._lock:
@@ -124,55 +164,40 @@ class LocalStore:
                     self._places.get(counter.name, set()).discard(call_id)
                 elif counter.kind is Kind.TOKENS and tokens is not None:
                     window = self._windows.get(counter.name)
-                    entry = window.entries.get(call_id) if window else None
+                    entry = window.by_call.get(call_id) if window else None
                     if window and entry:  # else it has already left the window
                         window.total += tokens - entry[1]
                         entry[1] = tokens
+
+    def used(self, counter: Counter) -> int:
+        """Return what `counter` counts now: places taken, or its window's total."""
+        with self._lock:
+            if counter.kind is Kind.IN_FLIGHT:
+                return len(self._places.get(counter.name, ()))
+            window = self._windows.get(counter.name)
+            if window is None:
+                return 0
+            window.expire(self._clock())
+            return window.total
 
     def clear(self) -> None:
         with self._lock:
             self._windows.clear()
             self._places.clear()
 
-    def _count(self, counter: Counter, now: int, before: Count | None = None) -> Count:
-        """Return the counter now; after an admission, `before` gives its fit and wait."""
+    def _fits(self, counter: Counter, now: int) -> int:
+        """Return 0 when the call fits in the counter now, else how long until it would (ms;
+        -1: never, it alone counts more than the limit; in flight: not known, 1)."""
         if counter.kind is Kind.IN_FLIGHT:
-            used = len(self._places.get(counter.name, ()))
-            return Count(used, before.fits if before else used < counter.limit)
-        window = self._window(counter.name, now)
-        oldest = next(iter(window.entries.values()), None)
-        reset_ms = oldest[0] + WINDOW_MS - now if oldest else 0
-        if before is not None:
-            return Count(window.total, before.fits, before.wait_ms, reset_ms)
+            return 0 if len(self._places.get(counter.name, ())) < counter.limit else 1
+        window = self._windows.get(counter.name)
+        if window is None:
+            window = self._windows[counter.name] = _Window()
+        window.expire(now)
         if counter.amount > counter.limit:
-            return Count(window.total, False, -1, reset_ms)
+            return -1
         excess = window.total + counter.amount - counter.limit
-        if excess <= 0:
-            return Count(window.total, True, 0, reset_ms)
-        freed = 0
-        for at, amount in window.entries.values():
-            freed += amount
-            if freed >= excess:
-                return Count(window.total, False, at + WINDOW_MS - now, reset_ms)
-        return Count(window.total, False, WINDOW_MS, reset_ms)  # not reached: total = sum
-
-    def _window(self, name: str, now: int) -> _Window:
-        window = self._windows.setdefault(name, _Window())
-        while window.entries:
-            call_id, (at, amount) = next(iter(window.entries.items()))
-            if at > now - WINDOW_MS:
-                break
-            del window.entries[call_id]
-            window.total -= amount
-        return window
-
-    def _add(self, counter: Counter, call_id: str, now: int) -> None:
-        if counter.kind is Kind.IN_FLIGHT:
-            self._places.setdefault(counter.name, set()).add(call_id)
-            return
-        window = self._windows[counter.name]
-        window.entries[call_id] = [now, counter.amount]
-        window.total += counter.amount
+        return 0 if excess <= 0 else window.wait_ms(excess, now)
 
 
 # --- in Redis ----------------------------------------------------------------------------------
@@ -250,26 +275,25 @@ class RedisStore:
 # --- the store in use ----------------------------------------------------------------------------
 
 local_store = LocalStore()
-_redis_store: RedisStore | None = None
-_redis_lock = threading.Lock()
+_store: Store | None = None  # chosen on first use, again when CACHES changes
+_store_lock = threading.Lock()
 
 
 def store_in_use() -> Store:
     """Return the Redis store when the default cache is Redis, else this process's store."""
-    global _redis_store
-    if not isinstance(caches[DEFAULT_CACHE_ALIAS], RedisCache):
-        return local_store
-    if _redis_store is None:
-        with _redis_lock:
-            if _redis_store is None:
-                _redis_store = RedisStore()
-    return _redis_store
+    global _store
+    if _store is None:
+        with _store_lock:
+            if _store is None:
+                shared = isinstance(caches[DEFAULT_CACHE_ALIAS], RedisCache)
+                _store = RedisStore() if shared else local_store
+    return _store
 
 
 @receiver(setting_changed)
 def _forget_counters(*, setting: str, **kwargs: Any) -> None:
-    global _redis_store
+    global _store
     if setting == "CACHES":
-        _redis_store = None
+        _store = None
     if setting in {"CACHES", "DEFAULT_RPM_LIMIT", "DEFAULT_TPM_LIMIT", "DEFAULT_CONCURRENCY_LIMIT"}:
         local_store.clear()  # a test's counts do not outlive its settings

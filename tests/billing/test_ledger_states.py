@@ -363,14 +363,15 @@ class LedgerMachine(RuleBasedStateMachine):
     def limits_hold(self) -> None:
         now = self.clock
         for user in USERS:
-            places = len(self.limits._places.get(f"in_flight:user:{user}", ()))
+            in_flight, requests_counter, tokens_counter = limit_counters(user, 0)
+            places = self.limits.used(in_flight)
             held = sum(1 for call in self.admitted.values() if call.user == user)
             assert places == held <= LIMIT_IN_FLIGHT
             live = [c for c in self.window if c[0] == user and c[1] > now - WINDOW_MS]
-            requests = self.limits._count(limit_counters(user, 0)[1], now)
-            tokens = self.limits._count(limit_counters(user, 0)[2], now)
-            assert requests.used == len(live) <= LIMIT_REQUESTS
-            assert tokens.used == sum(c[3] for c in live) <= LIMIT_TOKENS
+            requests = self.limits.used(requests_counter)
+            tokens = self.limits.used(tokens_counter)
+            assert requests == len(live) <= LIMIT_REQUESTS
+            assert tokens == sum(c[3] for c in live) <= LIMIT_TOKENS
 
     # --- after every step -----------------------------------------------------------------
 

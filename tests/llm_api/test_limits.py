@@ -444,6 +444,25 @@ def test_a_window_is_exact_over_any_minute():
     assert admit(60_001, "again").counts[requests].wait_ms == 19_999
 
 
+def test_a_window_drops_what_left_it_and_still_corrects_what_remains():
+    now = [0]
+    counts = LocalStore(clock=lambda: now[0])
+    tokens = Counter("tokens:key:1", Kind.TOKENS, 1_000, amount=10)
+
+    # Five minutes of calls, one a second: only the last minute's stay counted.
+    for second in range(300):
+        now[0] = second * 1000
+        assert counts.admit(f"c{second}", [tokens]).admitted
+    assert counts.used(tokens) == 60 * 10
+    counts.release("c250", [tokens], 3)  # its settle: 3 tokens, not the 10 estimated
+    counts.release("c200", [tokens], 3)  # already out of the window: nothing to correct
+    assert counts.used(tokens) == 59 * 10 + 3
+    now[0] = 311_000  # c250 leaves with the 3 it counts at the end
+    assert counts.used(tokens) == 48 * 10
+    now[0] = 400_000
+    assert counts.used(tokens) == 0
+
+
 def test_a_refused_call_is_counted_nowhere():
     counts = limit_store.store_in_use()
     requests = Counter("requests:key:test-atomic", Kind.REQUESTS, 5)
