@@ -69,23 +69,52 @@ def call_observed(*, record: dict, key_prefix: str = "") -> None:
     request_logged(record=record, key_prefix=key_prefix)
 
 
+class _Series:
+    """The labelled series of one (provider, model), looked up once: `labels()` checks and
+    locks on every call, and a call records up to seven samples."""
+
+    __slots__ = ("completion", "credits", "errors", "latency", "prompt", "requests", "ttft")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self.latency = LATENCY.labels(provider, model)
+        self.ttft = TTFT.labels(provider, model)
+        self.prompt = TOKENS.labels(provider, model, "prompt")
+        self.completion = TOKENS.labels(provider, model, "completion")
+        self.credits = CREDITS.labels(provider, model)
+        self.requests = {}  # status -> its counter
+        self.errors = {}  # error code -> its counter
+
+
+_series: dict[tuple[str, str], _Series] = {}
+
+
 def _observe(record: dict) -> None:
     provider, model, status = record["provider"], record["model"], record["status"]
     if record["request_id"] in _streams:
         _streams.discard(record["request_id"])
         OPEN_STREAMS.dec()
-    REQUESTS.labels(provider, model, status).inc()
+    series = _series.get((provider, model))
+    if series is None:
+        series = _series.setdefault((provider, model), _Series(provider, model))
+    counter = series.requests.get(status)
+    if counter is None:
+        counter = series.requests[status] = REQUESTS.labels(provider, model, status)
+    counter.inc()
     if status != "ok":
-        ERRORS.labels(provider, model, record["error_code"] or status).inc()
-    LATENCY.labels(provider, model).observe(record["latency_ms"] / 1000)
+        code = record["error_code"] or status
+        counter = series.errors.get(code)
+        if counter is None:
+            counter = series.errors[code] = ERRORS.labels(provider, model, code)
+        counter.inc()
+    series.latency.observe(record["latency_ms"] / 1000)
     if record["ttft_ms"] is not None:
-        TTFT.labels(provider, model).observe(record["ttft_ms"] / 1000)
+        series.ttft.observe(record["ttft_ms"] / 1000)
     if record["prompt_tokens"]:
-        TOKENS.labels(provider, model, "prompt").inc(record["prompt_tokens"])
+        series.prompt.inc(record["prompt_tokens"])
     if record["completion_tokens"]:
-        TOKENS.labels(provider, model, "completion").inc(record["completion_tokens"])
+        series.completion.inc(record["completion_tokens"])
     if record["credits"]:
-        CREDITS.labels(provider, model).inc(record["credits"] / 1_000_000)
+        series.credits.inc(record["credits"] / 1_000_000)
 
 
 class HoldsCollector(Collector):
