@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen
 # bytecode (PYTHONDONTWRITEBYTECODE, a read-only install), which takes seconds.
 SYNC := $(UV) sync --frozen --compile-bytecode
 
-.PHONY: uv install install-local install-dev browser migrate run serve dev test lint format bench
+.PHONY: uv install install-local install-dev browser migrate run serve dev test lint format bench bench-ab
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -69,3 +69,6 @@ test: install-dev browser lint
 
 bench: install  ## the gateway vs its fake upstream, ledger checked (BENCH_QUICK=1, BENCH_BACKENDS=sqlite: see README)
 	$(RUN) python bench/run.py
+
+bench-ab: install  ## gateway variants in alternating rounds: limits off against on (BENCH_AB_COMPARE=<commit>)
+	$(RUN) python bench/ab.py
