@@ -17,6 +17,7 @@ two events, or two reads of a whole body), and all of them by the total.
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import ssl
@@ -261,8 +262,12 @@ class Response:
                 return True
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
             try:
-                wait = max(0.0, until - time.monotonic())
-                readable = pending or select.select([sock], [], [], wait)[0]
+                wait_ms = math.ceil(max(0.0, until - time.monotonic()) * 1000)
+                # poll, not select: select refuses a descriptor past 1,023, which a server
+                # with a thousand streams open soon hands out.
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                readable = pending or poller.poll(wait_ms)
             except (OSError, ValueError):
                 return True  # closed meanwhile: the read will say so
             if not readable:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import socket
 import socketserver
 import threading
@@ -334,6 +336,26 @@ def test_it_is_not_ready_while_the_upstream_is_silent(raw_server):
     started = time.monotonic()
     assert response.ready(0.3) is False
     assert 0.2 <= time.monotonic() - started < 3
+
+
+def test_it_waits_for_a_silent_upstream_on_a_descriptor_past_1023(raw_server):
+    """A server with a thousand streams open hands out descriptors past select()'s 1,023."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"needs 1,200 open files, the limit is {soft}")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        server = raw_server(answers([HEAD + chunk(b"data: one\n\n")]))
+        response = post(server.upstream())
+        assert response.sock.fileno() > 1023
+        events = response.events()
+        assert next(events) == b"one"
+        started = time.monotonic()
+        assert response.ready(0.3) is False
+        assert 0.2 <= time.monotonic() - started < 3
+    finally:
+        for fd in filler:
+            os.close(fd)
 
 
 def test_it_is_ready_at_once_when_the_next_event_is_already_buffered(raw_server):
