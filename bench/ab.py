@@ -22,7 +22,6 @@ BENCH_AB_COMPARE, BENCH_AB_OUTPUT (bench/results/ab.md, and .json beside it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -141,8 +140,6 @@ def measure(bench: bench_run.Bench, variant: Variant, connections: int, seconds:
 
 
 def check_ledger(bench: bench_run.Bench, variant: Variant) -> None:
-    # `check` counts the upstream calls since its mark: set it so that they are this variant's.
-    bench.calls_mark = bench.upstream_calls() - variant.upstream_calls
     out: dict[str, Any] = {"ledger": []}
     bench.check(
         variant.name,
@@ -151,6 +148,7 @@ def check_ledger(bench: bench_run.Bench, variant: Variant) -> None:
         client_ok=variant.client_ok,
         cut_off=variant.cut_off,
         out=out,
+        upstream=variant.upstream_calls,
     )
     variant.ledger = out["ledger"]
 
@@ -225,11 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         bench.procs.stop_all()
-    report = render(args, variants, info)
-    print("\n" + report)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report)
     raw = {
         "machine": info,
         "config": {k: v for k, v in vars(args).items() if k != "variants"},
@@ -238,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants
         ],
     }
-    output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-    print(f"Written to {output} (and {output.with_suffix('.json').name}).")
+    bench_run.write_report(Path(args.output), render(args, variants, info), raw)
     return 0 if all(v.ledger and v.ledger[0]["pass"] for v in variants) else 1
 
 

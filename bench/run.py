@@ -782,16 +782,19 @@ class Bench:
         client_ok: int,
         cut_off: int,
         out: dict[str, Any],
+        upstream: int | None = None,
     ) -> dict[str, Any]:
         """Check the ledger after one run; record the verdict and return the new snapshot.
 
         Once the upstream is quiet and no hold is open, every request of the run has ended: the
-        calls the upstream saw since the last check are this run's.
+        calls the upstream saw since the last check are this run's (or `upstream`, counted by a
+        caller whose gateways shared the upstream meanwhile).
         """
         self.quiesce()
         after = self.ledger(env)
         previous, self.calls_mark = self.calls_mark, self.upstream_calls()
-        upstream = self.calls_mark - previous
+        if upstream is None:
+            upstream = self.calls_mark - previous
         charged = after["usage_count"] - before["usage_count"]
         charged_micro = -(after["usage_sum"] - before["usage_sum"])
         problems = []
@@ -1317,6 +1320,15 @@ def render_saved(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def write_report(output: Path, report: str, raw: dict[str, Any]) -> None:
+    """Print the report and write it to `output`, with the raw figures beside it in .json."""
+    print("\n" + report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report)
+    output.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    print(f"Written to {output} (and {output.with_suffix('.json').name}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
@@ -1380,14 +1392,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     elapsed = time.monotonic() - started
-    report = render(bench, info, elapsed)
-    print("\n" + report)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report)
     raw = {"machine": info, "config": vars(args), "elapsed_s": elapsed, "results": bench.results}
-    output.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
-    print(f"Written to {output} (and {output.with_suffix('.json').name}).")
+    write_report(Path(args.output), render(bench, info, elapsed), raw)
     ledger_ok = all(
         verdict["pass"] for data in bench.results.values() for verdict in data.get("ledger", [])
     )
