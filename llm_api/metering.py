@@ -9,7 +9,6 @@ is written (`pending`), so a delivered answer is always charged.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ from operations import metrics
 if TYPE_CHECKING:
     from llm_api.limits import Admission
     from llm_api.selectors import Target
-    from project.middleware import AfterResponse
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +53,6 @@ class Caller:
     request_id: str
     api_key: ApiKeyInfo | None = None
     batch: bool = False  # a batch line: no live rpm/tpm, BATCH_PRICE_MULTIPLIER
-    # The request's work after its response (None outside a request: a batch line).
-    after_response: AfterResponse | None = None
 
     @property
     def api_key_id(self) -> int | None:
@@ -254,14 +250,10 @@ class Meter:
             "latency_ms": int((now - self.started) * 1000),
             "ttft_ms": int((ttft - self.started) * 1000) if ttft else None,
         }
-        # Every call ends here, settled or released, once: its metrics and its log line, written
-        # once its response has gone out, so the client does not wait for them.
-        key_prefix = self.caller.api_key.prefix if self.caller.api_key else ""
-        observed = functools.partial(metrics.call_observed, record=record, key_prefix=key_prefix)
-        if self.caller.after_response is None:
-            observed()
-        else:
-            self.caller.after_response.add(observed)
+        # Every call ends here, settled or released, once: its metrics and its log line.
+        metrics.call_observed(
+            record=record, key_prefix=self.caller.api_key.prefix if self.caller.api_key else ""
+        )
         return record
 
 

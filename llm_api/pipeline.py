@@ -75,7 +75,6 @@ def caller_of(request: Request) -> Caller:
         request_id=request.request_id,
         api_key=api_key_of(request),
         batch=getattr(request, "batch_line", False),  # set by batches.services for a batch line
-        after_response=getattr(request, "after_response", None),  # set by RequestIdMiddleware
     )
 
 

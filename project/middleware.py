@@ -1,7 +1,6 @@
 """Request-wide plumbing that every route shares."""
 
 import io
-import logging
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO
@@ -17,36 +16,6 @@ from django.urls import Resolver404, resolve
 from project.exception_handler import json_error
 from project.parsers import request_too_large
 
-logger = logging.getLogger(__name__)
-
-
-class AfterResponse:
-    """A request's work that can wait until its response has gone out (its log line and
-    metrics): `add` keeps it, and the response's close, which the server calls once the last
-    byte is sent (Django's test client: before it returns the response), runs it. Work added
-    after that runs at once."""
-
-    __slots__ = ("_done", "_work")
-
-    def __init__(self) -> None:
-        self._work: list[Callable[[], object]] = []
-        self._done = False
-
-    def add(self, work: Callable[[], object]) -> None:
-        if self._done:
-            work()
-        else:
-            self._work.append(work)
-
-    def run(self) -> None:
-        self._done = True
-        work, self._work = self._work, []
-        for item in work:
-            try:
-                item()
-            except Exception:
-                logger.exception("Work after the response failed.")
-
 
 class RequestIdMiddleware:
     """Give every request an id, exposed as `request.request_id` and the `x-request-id` header.
@@ -60,12 +29,8 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.request_id = f"req_{uuid.uuid4().hex}"
-        request.after_response = after = AfterResponse()
         response = self.get_response(request)
         response["x-request-id"] = request.request_id
-        # Django's close() runs the response's resource closers (how FileResponse closes its
-        # file), after the ones added while the view built it: a stream's own end comes first.
-        response._resource_closers.append(after.run)
         return response
 
 
