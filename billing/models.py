@@ -158,11 +158,16 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment"
         DEBT = "debt", "Debt paid"
 
-    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
+    # Every index below is one more page in each settle's commit: the account's entries are
+    # found through ledger_account_recent, a request's through the two unique constraints, an
+    # administrator's through ledger_by_admin, which holds only the manual entries.
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.BigIntegerField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    request_id = models.CharField(max_length=64, blank=True)
     api_key = models.ForeignKey(
         ApiKey, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
     )
@@ -178,6 +183,7 @@ class LedgerEntry(models.Model):
         blank=True,
         related_name="+",
         help_text="The administrator who wrote a manual entry.",
+        db_index=False,
     )
 
     objects = LedgerQuerySet.as_manager()
@@ -186,7 +192,12 @@ class LedgerEntry(models.Model):
         verbose_name_plural = "ledger entries"
         base_manager_name = "objects"  # so Django's internal queries refuse changes too
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["account", "-created_at"], name="ledger_account_recent")]
+        indexes = [
+            models.Index(fields=["account", "-created_at"], name="ledger_account_recent"),
+            models.Index(
+                fields=["admin"], condition=Q(admin__isnull=False), name="ledger_by_admin"
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["request_id"],

@@ -62,7 +62,10 @@ class UsageRecord(models.Model):
         CLIENT_CLOSED = "client_closed"
 
     request_id = models.CharField(max_length=64, unique=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # A user's records are found through the (user, created_at) index below.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     api_key = models.ForeignKey(
         "billing.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
