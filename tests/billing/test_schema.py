@@ -16,15 +16,12 @@ def indexes(table: str) -> set[tuple[tuple[str, ...], bool]]:
     primary key and PostgreSQL's LIKE copies of an index (`..._like`)."""
     with connection.cursor() as cursor:
         found = connection.introspection.get_constraints(cursor, table)
-    kept = {
-        name: info
-        for name, info in found.items()
-        if (info["index"] or info["unique"]) and not info["primary_key"]
-    }
     return {
         (tuple(info["columns"]), bool(info["unique"]))
-        for name, info in kept.items()
-        if not name.endswith("_like")
+        for name, info in found.items()
+        if (info["index"] or info["unique"])
+        and not info["primary_key"]
+        and not name.endswith("_like")
     }
 
 
