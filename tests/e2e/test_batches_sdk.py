@@ -292,9 +292,16 @@ def test_a_batch_past_its_shortened_window_expires_and_charges_only_its_complete
     worker = consumer(gateway, "batch worker")
     try:
         # The window starts when the batch is created: first see the consumer run a batch, so
-        # that a slow start of its process does not eat the window.
-        ready = create_batch(client, 1)
-        wait_for(client, ready.id, lambda b: b.status == "completed")
+        # that a slow start of its process does not eat the window. A starved machine may let
+        # that one-line batch expire too; then it is tried again.
+        warmed_up = 0
+        for _ in range(5):
+            ready = create_batch(client, 1)
+            ended = wait_for(client, ready.id, lambda b: b.status in {"completed", "expired"})
+            warmed_up += ended.request_counts.completed
+            if ended.status == "completed":
+                break
+        assert warmed_up == 1, "the consumer ran no one-line batch within its window, 5 times"
         batch = create_batch(client, 100)
         done = wait_for(client, batch.id, lambda b: b.status == "expired")
         seen = len(upstream.requests)
@@ -311,4 +318,4 @@ def test_a_batch_past_its_shortened_window_expires_and_charges_only_its_complete
     assert {row["error"]["code"] for row in errors} == {"batch_expired"}
     output = client.files.content(done.output_file_id).text.splitlines()
     assert len(output) == counts.completed
-    assert ledger(gateway, "late")[0] == counts.completed + 1  # and the first batch's line
+    assert ledger(gateway, "late")[0] == counts.completed + 1  # and the warm-up's line
