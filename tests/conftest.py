@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import user_create
 from billing.selectors import price_table
+from billing.services import rows
 from billing.services.api_keys import api_key_touches_forget
 from billing.services.credits import _Sweep
 from llm_api import fallbacks
@@ -25,6 +26,14 @@ def _forget_process_state() -> None:
     local_store.clear()
     api_key_touches_forget()
     _Sweep.next_at = 0.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _writer_connection_closed(django_db_setup, django_db_blocker):
+    """Close the money writes' own connection before the test database is dropped (PostgreSQL
+    refuses to drop a database someone is connected to)."""
+    yield
+    rows.writer_close()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -81,10 +81,10 @@ def ledger_run(work: Callable[[], T]) -> T:
     the next group. (Waiting on the lock itself instead made a convoy: each finished writer
     took the lock and gave it back in turn, every hand-over waiting for the interpreter lock.)
 
-    The thread's pooled connection is handed back before it queues (the leader may need it, and
-    would otherwise wait for the pool while its queue waits for it) and again after the write (a
-    request then holds no connection while its provider works, nor a broken one into its next
-    write). Inside a group's write, or inside a caller's own transaction, `work` joins that
+    The leader runs the group on the process's one writer connection (`rows.on_writer_connection`),
+    which stays open between groups; the thread's own pooled connection, if it holds one, is
+    handed back before it queues, so a request holds none while it waits or while its provider
+    works. Inside a group's write, or inside a caller's own transaction, `work` joins that
     transaction.
     """
     global _leading
@@ -101,14 +101,10 @@ def ledger_run(work: Callable[[], T]) -> T:
         else:
             _leading = write.lead = True
     connection.close()
-    try:
-        if write.wake is not None:
-            write.wake.wait()
-        if write.lead:
-            _lead()
-    finally:
-        with contextlib.suppress(DatabaseError):
-            connection.close()
+    if write.wake is not None:
+        write.wake.wait()
+    if write.lead:
+        _lead()
     if write.error is not None:
         raise write.error
     return write.result
@@ -122,7 +118,7 @@ def _lead() -> None:
         with _queue_lock:
             group = _queued[:]
             _queued.clear()
-        with _writer:
+        with _writer, rows.on_writer_connection():
             _group_commit(group)
     finally:
         with _queue_lock:

@@ -10,11 +10,13 @@ statements are built as strings: no value a client sends is ever part of them).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from functools import cache
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from billing.models import ApiKey, CreditAccount, CreditHold
@@ -75,6 +77,47 @@ def atomic() -> Iterator[None]:
         with contextlib.suppress(Exception):
             driver.execute("ROLLBACK")
         raise
+
+
+# --- the writer's connection --------------------------------------------------------------------
+
+_writer_db: BaseDatabaseWrapper | None = None
+_writer_pid = 0
+
+
+@contextlib.contextmanager
+def on_writer_connection() -> Iterator[None]:
+    """Run the block on the process's one connection for money writes, kept open between them.
+
+    The caller holds the lock that makes it the only thread writing money (`ledger_run`), so
+    one connection serves every write, whichever thread leads it: no write opens a connection
+    and hands it back (on SQLite a pooled connection's setup each time, on PostgreSQL a pool
+    checkout and its reset), twice a request. The connection is swapped in as the thread's
+    default one for the block, so the ORM and `run` both use it. After a database error it is
+    closed if it no longer works (the server restarted, say); the next write opens another.
+    """
+    global _writer_db, _writer_pid
+    if _writer_db is None or _writer_pid != os.getpid():  # none yet, or a forked copy
+        _writer_db = connections.create_connection(DEFAULT_DB_ALIAS)
+        _writer_db.inc_thread_sharing()  # used by whichever thread leads
+        _writer_pid = os.getpid()
+    writer, own = _writer_db, connections[DEFAULT_DB_ALIAS]
+    connections[DEFAULT_DB_ALIAS] = writer
+    try:
+        yield
+    finally:
+        connections[DEFAULT_DB_ALIAS] = own
+        if writer.errors_occurred:
+            writer.errors_occurred = False
+            if writer.connection is not None and not writer.is_usable():
+                writer_close()
+
+
+def writer_close() -> None:
+    """Close the writer's connection (a test database about to be dropped, a file deleted)."""
+    if _writer_db is not None:
+        with contextlib.suppress(Exception):
+            _writer_db.close()
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import pytest
 from django.db import DatabaseError, connection
 
 from billing.models import ApiKey, CreditAccount, CreditHold, LedgerEntry
-from billing.services import credits_hold, credits_release
+from billing.services import credits_hold, credits_release, rows
 from llm_api import pending
 from llm_api.models import UsageRecord
 from project.db.base import pools_clear
@@ -143,6 +143,7 @@ class SqliteOutage(Outage):
     def _set_wait(self, seconds: float) -> None:
         self.options["timeout"] = seconds
         connection.close()
+        rows.writer_close()  # the money writes' connection too: it reopens with the new wait
         pools_clear()  # project.db keeps closed connections, each with its busy timeout
 
     def _refuse(self) -> None:
