@@ -1,9 +1,9 @@
 """API-key authentication for DRF: `X-API-Key: <key>` or `Authorization: Bearer <key>`.
 
 A bearer value without our key prefix is left to simplejwt's JWTAuthentication (listed next), so
-signed-in users keep using their access tokens. A malformed key fails its checksum before any
-lookup; a well-formed one is found by its digest in the cache (zero queries) or, at most once per
-API_KEY_CACHE_SECONDS, in the database. Expiry, revocation and the owner's `is_active` are
+signed-in users keep using their access tokens. A value of the wrong shape is refused before any
+lookup; a key is found by its digest in the cache (zero queries) or, at most once per
+API_KEY_CACHE_SECONDS, in the database, after its checksum (a mistyped key costs no query). Expiry, revocation and the owner's `is_active` are
 checked on every request against that entry, which every change of the key or of its user
 replaces at once (`billing.services.api_keys`, `billing.receivers`).
 
@@ -74,14 +74,18 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key is None:
             return None
         client = address_ident(request)
-        digest = keys.digest(key) if keys.is_well_formed(key) else None
+        digest = keys.digest(key) if keys.has_key_shape(key) else None
         # The address's failures and the cached key in one cache round trip.
         cache_key = api_key_cache_key(digest) if digest else None
         read = cache.get_many([*KEY_FAILURES.window_keys(client), *filter(None, [cache_key])])
         KEY_FAILURES.check(client, read)
         if digest is None:
             raise _invalid_key(client)
-        entry = read.get(cache_key) or api_key_load(digest=digest)  # cached, else the database
+        # A cached entry is found by the digest of a real key; only a key the cache does not
+        # hold has its checksum checked, which refuses a mistyped one before a query.
+        entry = read.get(cache_key)
+        if entry is None and keys.checksum_matches(key):
+            entry = api_key_load(digest=digest)
         if entry is None:
             raise _invalid_key(client)
         _check_usable(entry)

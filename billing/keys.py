@@ -90,12 +90,22 @@ def generate() -> NewKey:
 
 def is_well_formed(key: str) -> bool:
     """Return whether `key` has our prefix, length, alphabet and a matching checksum."""
-    if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
-        return False
-    rest = key[len(PREFIX) :]
-    if not _ALLOWED.issuperset(rest):
-        return False
-    body, checksum = rest[:BODY_LENGTH], rest[BODY_LENGTH:]
+    return has_key_shape(key) and checksum_matches(key)
+
+
+def has_key_shape(key: str) -> bool:
+    """Return whether `key` has our prefix, length and alphabet (its checksum unchecked)."""
+    return (
+        len(key) == KEY_LENGTH
+        and key.startswith(PREFIX)
+        and _ALLOWED.issuperset(key[len(PREFIX) :])
+    )
+
+
+def checksum_matches(key: str) -> bool:
+    """Return whether the checksum of a key of our shape matches its body (a mistyped key's
+    does not, so it is refused without a lookup)."""
+    body, checksum = key[len(PREFIX) :][:BODY_LENGTH], key[len(PREFIX) + BODY_LENGTH :]
     return hmac.compare_digest(checksum, _checksum(body))
 
 

@@ -19,6 +19,7 @@ REQUEST_FIELDS = (
     "request_id", "user_id", "route", "provider", "model", "stream", "status", "error_code",
     "prompt_tokens", "completion_tokens", "estimated", "credits", "latency_ms", "ttft_ms",
 )  # fmt: skip
+REQUEST_LINE = "%s %s/%s %s %s+%s tokens %s µcr %sms"
 # LogRecord attributes that are not extra fields given to a log call.
 # Django's `request` (an HttpRequest, whose URL may carry a query string) is left out too.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request"}
@@ -35,13 +36,18 @@ def request_logged(*, record: dict, key_prefix: str = "") -> None:
         return
     fields = {name: record.get(name) for name in REQUEST_FIELDS}
     fields["key_prefix"] = key_prefix
-    requests_logger.info(
-        "%s %s/%s %s %s+%s tokens %s µcr %sms",
+    args = (
         fields["request_id"], fields["provider"], fields["model"], fields["status"],
         fields["prompt_tokens"], fields["completion_tokens"], fields["credits"],
         fields["latency_ms"],
-        extra={"call": fields},
     )  # fmt: skip
+    # The record is made here rather than by `info()`, which would walk the stack for the
+    # caller's file and line: a line every request writes needs neither.
+    line = requests_logger.makeRecord(
+        requests_logger.name, logging.INFO, __file__, 0, REQUEST_LINE, args, None,
+        func="request_logged", extra={"call": fields},
+    )  # fmt: skip
+    requests_logger.handle(line)
 
 
 class JsonFormatter(logging.Formatter):
