@@ -93,8 +93,8 @@ def on_writer_connection() -> Iterator[None]:
     one connection serves every write, whichever thread leads it: no write opens a connection
     and hands it back (on SQLite a pooled connection's setup each time, on PostgreSQL a pool
     checkout and its reset), twice a request. The connection is swapped in as the thread's
-    default one for the block, so the ORM and `run` both use it. After a database error it is
-    closed if it no longer works (the server restarted, say); the next write opens another.
+    default one for the block, so the ORM and `run` both use it. After a database error (the
+    server restarted, the connection broke) it is closed, and the next write opens another.
     """
     global _writer_db, _writer_pid
     if _writer_db is None or _writer_pid != os.getpid():  # none yet, or a forked copy
@@ -107,10 +107,8 @@ def on_writer_connection() -> Iterator[None]:
         yield
     finally:
         connections[DEFAULT_DB_ALIAS] = own
-        if writer.errors_occurred:
-            writer.errors_occurred = False
-            if writer.connection is not None and not writer.is_usable():
-                writer_close()
+        if writer.errors_occurred:  # not set by an IntegrityError: the connection is fine
+            writer_close()
 
 
 def writer_close() -> None:

@@ -2,12 +2,13 @@
 each write in a savepoint of its own, so one refusal never undoes or blocks another."""
 
 import pytest
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 from billing.exceptions import DuplicateRequestId, InsufficientCredits
 from billing.models import CreditHold, LedgerEntry
 from billing.money import MICRO
 from billing.services import credits as credits_module
-from billing.services import credits_hold, credits_settle
+from billing.services import credits_hold, credits_settle, rows
 from tests.ledger import assert_invariants
 from tests.threads import in_threads
 
@@ -70,4 +71,36 @@ def test_settles_committed_together_charge_each_request_once(alice, group_sizes)
     alice.credit_account.refresh_from_db()
     assert alice.credit_account.balance == 500 * MICRO - 30 * 3 * MICRO
     assert alice.credit_account.held == 0
+    assert_invariants(alice)
+
+
+def test_every_money_write_runs_on_the_one_writer_connection_whichever_thread_leads(alice):
+    writers = []
+
+    def write(i: int) -> object:
+        def work() -> None:
+            writers.append(connections[DEFAULT_DB_ALIAS])  # the group's, not the thread's own
+            credits_hold(user_id=alice.pk, amount=MICRO, request_id=f"req_{i}")  # joins it
+
+        credits_module.ledger_run(work)
+        return connection.connection  # the thread's own: never opened for the write
+
+    results = in_threads(8, write)
+
+    assert results == [None] * 8
+    assert len(writers) == 8 and len({id(writer) for writer in writers}) == 1
+    assert CreditHold.objects.count() == 8
+    assert_invariants(alice)
+
+
+def test_a_writer_connection_that_broke_is_replaced_by_the_next_write(alice):
+    credits_hold(user_id=alice.pk, amount=MICRO, request_id="req_1")
+    rows._writer_db.connection.close()  # as a database restart would drop it
+
+    with pytest.raises(DatabaseError):
+        credits_hold(user_id=alice.pk, amount=MICRO, request_id="req_2")
+    credits_hold(user_id=alice.pk, amount=MICRO, request_id="req_3")
+
+    held = set(CreditHold.objects.values_list("request_id", flat=True))
+    assert held == {"req_1", "req_3"}
     assert_invariants(alice)
