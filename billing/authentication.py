@@ -3,9 +3,10 @@
 A bearer value without our key prefix is left to simplejwt's JWTAuthentication (listed next), so
 signed-in users keep using their access tokens. A value of the wrong shape is refused before any
 lookup; a key is found by its digest in the cache (zero queries) or, at most once per
-API_KEY_CACHE_SECONDS, in the database, after its checksum (a mistyped key costs no query). Expiry, revocation and the owner's `is_active` are
-checked on every request against that entry, which every change of the key or of its user
-replaces at once (`billing.services.api_keys`, `billing.receivers`).
+API_KEY_CACHE_SECONDS, in the database, after its checksum (a mistyped key costs no query).
+Expiry, revocation and the owner's `is_active` are checked on every request against that entry,
+which every change of the key or of its user replaces at once (`billing.services.api_keys`,
+`billing.receivers`).
 
 What a key may do is its scopes: "models" (every key) calls the models and reads the key's own
 usage; "manage" also manages keys and the account, as a login token does.
