@@ -67,3 +67,18 @@ def check_throttle_rates(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         except ValueError as error:
             errors.append(Error(f"{rate_setting(scope)}: {error}.", id="project.E004"))
     return errors
+
+
+@register()
+def check_switch_interval(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """SERVER_SWITCH_INTERVAL is a number of seconds Python accepts, and a sensible one."""
+    value = settings.SERVER_SWITCH_INTERVAL
+    if 0 < value <= 1:
+        return []
+    return [
+        Error(
+            f"SERVER_SWITCH_INTERVAL is {value:g}: give seconds above 0 and at most 1.",
+            hint="The default, 0.05, suits a server with many streams open; Python's own is 0.005.",
+            id="project.E005",
+        )
+    ]

@@ -341,6 +341,11 @@ API_KEY_CACHE_SECONDS = config("API_KEY_CACHE_SECONDS", default=60, cast=int)
 # Worker processes of `manage.py serve`. Above 1 the cache must be shared (REDIS_URL): revoked
 # keys are dropped from the cache only, so the check billing.E001 refuses a per-process cache.
 WEB_WORKERS = config("WEB_WORKERS", default=1, cast=int)
+# Seconds a thread may hold the interpreter lock while others wait for it before it must hand it
+# over (sys.setswitchinterval, set by project.wsgi in each worker). Python's 5 ms wakes every
+# waiting thread 200 times a second: with a thousand streams in flight those wake-ups were most
+# of the server's context switches and a third of its CPU.
+SERVER_SWITCH_INTERVAL = config("SERVER_SWITCH_INTERVAL", default=0.05, cast=float)
 # How long a process serves the price table from memory before re-reading it (an admin's save
 # applies at once in the process that saved it, within this many seconds everywhere else).
 PRICE_CACHE_SECONDS = config("PRICE_CACHE_SECONDS", default=30, cast=int)

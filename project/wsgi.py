@@ -2,6 +2,7 @@
 
 import gc
 import os
+import sys
 
 from django.core.wsgi import get_wsgi_application
 
@@ -13,6 +14,7 @@ application = get_wsgi_application()
 def warm_up() -> None:
     """Load before the first request what it would otherwise wait for: the URLconf with every
     view, and the providers' SDKs and clients (measured: over a second on a cold process)."""
+    from django.conf import settings
     from django.urls import get_resolver
 
     from llm_api import pending
@@ -25,6 +27,7 @@ def warm_up() -> None:
     # What start-up loaded stays for the process's life: keep the garbage collector from
     # walking it again on every full collection (measured: 10 % of a request's CPU).
     gc.freeze()
+    sys.setswitchinterval(settings.SERVER_SWITCH_INTERVAL)
 
 
 warm_up()
