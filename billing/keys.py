@@ -105,7 +105,8 @@ def has_key_shape(key: str) -> bool:
 def checksum_matches(key: str) -> bool:
     """Return whether the checksum of a key of our shape matches its body (a mistyped key's
     does not, so it is refused without a lookup)."""
-    body, checksum = key[len(PREFIX) :][:BODY_LENGTH], key[len(PREFIX) + BODY_LENGTH :]
+    rest = key[len(PREFIX) :]
+    body, checksum = rest[:BODY_LENGTH], rest[BODY_LENGTH:]
     return hmac.compare_digest(checksum, _checksum(body))
 
 

@@ -13,7 +13,8 @@ application = get_wsgi_application()
 
 def warm_up() -> None:
     """Load before the first request what it would otherwise wait for: the URLconf with every
-    view, and the providers' SDKs and clients (measured: over a second on a cold process)."""
+    view, and the providers' SDKs and clients (measured: over a second on a cold process); then
+    set the worker's interpreter switch interval (SERVER_SWITCH_INTERVAL)."""
     from django.conf import settings
     from django.urls import get_resolver
 
